@@ -1,0 +1,114 @@
+"""What every bound shares: the result structure, importance sampling and the registry.
+
+Notation (``../shared/spec/bounds.md``): q(z | x) = N(m(x), diag s(x)^2) the encoder, p(z) =
+N(0, I) the prior, p(x | z) the decoder likelihood, log w_k = log p(z_k) - log q(z_k | x) the
+importance log-weight of a sample z_k ~ q.
+
+A bound is called as ``bound(vae, x)`` where ``vae.encode(x)`` returns q as a
+``torch.distributions.Normal`` of batch shape (B, L) and ``vae.decode(z)`` maps z of shape
+(K, B, L) to a ``Likelihood`` of batch shape (K, B, D).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import distributions as dist
+
+from intvae.checks import positive_int
+from intvae.likelihoods import Likelihood
+
+REGISTRY: dict[str, type["Bound"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a bound available under ``name`` (and ``conf/bound/<name>.yaml``)."""
+
+    def add(cls):
+        if name in REGISTRY:
+            raise ValueError(f"bound {name!r} is registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def get_bound(name: str) -> type["Bound"]:
+    """The bound class registered as ``name``."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown bound {name!r}: choose one of {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+@dataclass
+class BoundResult:
+    """Per-example quantities in nats, each of shape (B,).
+
+    bound: the bound's estimate for each example (the training objective is its negated mean).
+    reconstruction: the bound's data term averaged over the samples of z.
+    kl: KL(q(z | x) || p(z)) in closed form.
+    log_weights: (K, B) per-sample log-weights of the importance-weighted bounds (data term plus
+        log w_k), None for the single-sample-average bounds.
+    likelihood: the decoder's likelihood for the samples, for diagnostics.
+    """
+
+    bound: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    log_weights: torch.Tensor | None
+    likelihood: Likelihood
+
+
+@dataclass
+class Samples:
+    """K reparameterized samples z_k ~ q(z | x) and what the bounds compute from them."""
+
+    z: torch.Tensor  # (K, B, L)
+    log_w: torch.Tensor  # (K, B): log p(z_k) - log q(z_k | x)
+    kl: torch.Tensor  # (B,)
+    likelihood: Likelihood  # batch shape (K, B, D)
+
+
+def mean_over_samples_logsumexp(log_terms: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k exp(log_terms[k]) over the leading dimension."""
+    return torch.logsumexp(log_terms, dim=0) - math.log(log_terms.shape[0])
+
+
+class Bound:
+    """A lower bound on log p(x) or log P(I(x)) estimated with ``samples`` draws of z."""
+
+    name = "bound"
+
+    def __init__(self, samples: int = 1):
+        self.samples = positive_int("samples", samples)
+
+    def draw(self, vae, x: torch.Tensor, samples: int | None = None) -> Samples:
+        """Encode x, draw ``samples`` (default ``self.samples``) z's, decode them."""
+        q = vae.encode(x)
+        z = q.rsample((samples or self.samples,))
+        prior = dist.Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
+        log_w = (prior.log_prob(z) - q.log_prob(z)).sum(-1)
+        kl = dist.kl_divergence(q, prior).sum(-1)
+        return Samples(z=z, log_w=log_w, kl=kl, likelihood=vae.decode(z))
+
+    def __call__(self, vae, x: torch.Tensor) -> BoundResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+def log_interval_prob(likelihood: Likelihood, interval, x: torch.Tensor) -> torch.Tensor:
+    """log P(I(x) | z_k) = sum_d log P(lo_d < X_d < hi_d | z_k), shape (K, B)."""
+    lo, hi = interval(x)
+    return likelihood.log_interval_prob(lo, hi).sum(-1)
+
+
+def check_interval_likelihood(likelihood: Likelihood, bound: str) -> None:
+    """Refuse, with a clear message, a likelihood that has no interval probability."""
+    if not likelihood.has_interval:
+        raise TypeError(f"bound {bound!r} needs interval probabilities, which the "
+                        f"{type(likelihood).__name__} likelihood does not have; use gaussian, "
+                        "logit_normal or continuous_bernoulli")
