@@ -24,9 +24,6 @@ from intvae import _dawson_table
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _SQRT_HALF = math.sqrt(0.5)
-# Intervals narrower than this (in standardized units, times max(1, |midpoint|)) use the
-# midpoint rule with its second-order correction: the neglected term is below 1e-14.
-_NARROW = 3e-3
 _WORK = torch.float64
 _DAWSON_TABLES: dict[torch.device, torch.Tensor] = {}
 
@@ -70,8 +67,9 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 def _dawson_coefficients(device: torch.device) -> torch.Tensor:
     if device not in _DAWSON_TABLES:
+        # One row per power of u, one column per piece.
         _DAWSON_TABLES[device] = torch.tensor(_dawson_table.COEFFICIENTS, dtype=_WORK,
-                                              device=device)
+                                              device=device).T.contiguous()
     return _DAWSON_TABLES[device]
 
 
@@ -96,12 +94,11 @@ def _dawson_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     table = _dawson_coefficients(x.device)
     width, start = _dawson_table.WIDTH, _dawson_table.ASYMPTOTIC_FROM
     xt = x.clamp(max=start)
-    index = torch.floor(xt / width).long().clamp(max=table.shape[0] - 1)
+    index = torch.floor(xt / width).long().clamp(max=table.shape[1] - 1)
     u = (xt - (index.to(_WORK) + 0.5) * width) / (0.5 * width)
-    coeffs = table[index]
-    g = coeffs[..., -1]
-    for k in range(coeffs.shape[-1] - 2, -1, -1):
-        g = g * u + coeffs[..., k]
+    g = table[-1][index]
+    for k in range(table.shape[0] - 2, -1, -1):
+        g = torch.addcmul(table[k][index], g, u)
     d_table = xt * g
     xa = x.clamp(min=start)
     tail = _dawson_asymptotic_tail(0.5 / (xa * xa))
@@ -144,6 +141,24 @@ def dawson(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _erfcx(y: torch.Tensor) -> torch.Tensor:
+    """The scaled complementary error function exp(y^2) erfc(y) for float64 y >= 0.
+
+    exp(y^2) erfc(y) directly below 26 (no overflow there in float64), then the asymptotic
+    series (1 / (y sqrt pi)) sum_n (-1)^n (2n - 1)!! / (2 y^2)^n, 9 terms (error below 1e-18).
+    Written with elementwise ops only, so that ``torch.compile`` can fuse it (the built-in
+    ``torch.special.erfcx`` is an opaque, unvectorized kernel on CPU).
+    """
+    near = y.clamp(max=26.0)
+    direct = torch.exp(near * near) * torch.special.erfc(near)
+    far = y.clamp(min=26.0)
+    r = 0.5 / (far * far)
+    acc = torch.ones_like(far)
+    for n in range(8, 0, -1):
+        acc = 1.0 - (2 * n - 1) * r * acc
+    return torch.where(y < 26.0, direct, acc / (far * math.sqrt(math.pi)))
+
+
 def _log_ndtr_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log Phi(x) and the inverse Mills ratio phi(x) / Phi(x), float64.
 
@@ -152,7 +167,7 @@ def _log_ndtr_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     of large terms. For x >= 0: log Phi(x) = log1p(-erfc(x/sqrt 2) / 2).
     """
     neg = x.clamp(max=0.0)
-    ex = torch.special.erfcx(-neg * _SQRT_HALF)
+    ex = _erfcx(-neg * _SQRT_HALF)
     log_left = -0.5 * neg * neg + torch.log(0.5 * ex)
     mills_left = _SQRT_2_OVER_PI / ex
     pos = x.clamp(min=0.0)
@@ -192,38 +207,48 @@ def log_ndtr(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+# Intervals with d max(1, |m|) below this (standardized width d, midpoint m) use the midpoint
+# rule with its second-order correction, whose neglected term ~ (d m)^4 / 1920 is below 1e-14;
+# wider ones the difference formulas, whose float64 cancellation error ~ 1e-16 / (d m) is small.
+_NARROW = 3e-3
+
+
 def _log_phi_difference(tl, th, d, logd):
     """log(Phi(th) - Phi(tl)) for tl < th and its partial derivatives (float64).
 
     ``d = th - tl`` and its log are passed separately because they are known more accurately
-    than the difference of the rounded endpoints. Mirrored into the lower tail (a + b <= 0);
-    then log Phi(th) + log1mexp(log Phi(tl) - log Phi(th)), where for th < 0 the difference of
-    logs is d m + log erfcx(-tl/sqrt 2) - log erfcx(-th/sqrt 2) (m the midpoint) with no
-    cancellation of the large squares; narrow intervals use the midpoint rule
-    log d + log phi(m) + log1p(d^2 (m^2 - 1) / 24) (spec section 2).
+    than the difference of the rounded endpoints. Mirrored into the lower tail (tl + th <= 0,
+    so tl < 0); then log Phi(th) + log1mexp(delta), delta = log Phi(tl) - log Phi(th), where
+    log Phi(t) = -t^2/2 + log(erfcx(-t/sqrt 2) / 2) for t < 0 and for th < 0 delta = d m +
+    log erfcx(-tl/sqrt 2) - log erfcx(-th/sqrt 2) (m the midpoint), free of the cancellation of
+    large squares; narrow intervals use log d + log phi(m) + log1p(d^2 (m^2 - 1) / 24)
+    (spec section 2). The derivatives use the inverse Mills ratio phi/Phi = sqrt(2/pi) / erfcx.
     """
     mirror = tl + th > 0
     tl, th = torch.where(mirror, -th, tl), torch.where(mirror, -tl, th)
     m = 0.5 * (tl + th)
     # Wide intervals.
-    lp_lo, mills_lo = _log_ndtr_parts(tl)
-    lp_hi, mills_hi = _log_ndtr_parts(th)
-    both_left = th < 0
-    neg_lo, neg_hi = tl.clamp(max=0.0), th.clamp(max=0.0)
-    delta_left = (d * m + torch.log(torch.special.erfcx(-neg_lo * _SQRT_HALF))
-                  - torch.log(torch.special.erfcx(-neg_hi * _SQRT_HALF)))
-    delta = torch.where(both_left, delta_left, lp_lo - lp_hi).clamp(max=0.0)
+    ex_lo = _erfcx(tl * -_SQRT_HALF)
+    th_left = th.clamp(max=0.0)
+    ex_hi = _erfcx(th_left * -_SQRT_HALF)
+    log_ex_lo, log_ex_hi = torch.log(ex_lo), torch.log(ex_hi)
+    lp_lo = -0.5 * tl * tl + log_ex_lo - math.log(2.0)
+    th_right = th.clamp(min=0.0)
+    lp_hi_right = torch.log1p(-0.5 * torch.special.erfc(th_right * _SQRT_HALF))
+    left = th < 0
+    lp_hi = torch.where(left, -0.5 * th_left * th_left + log_ex_hi - math.log(2.0), lp_hi_right)
+    delta = torch.where(left, d * m + log_ex_lo - log_ex_hi, lp_lo - lp_hi).clamp(max=0.0)
     one_minus = -torch.expm1(delta)
     wide = lp_hi + log1mexp(delta)
+    mills_hi = torch.where(left, _SQRT_2_OVER_PI / ex_hi,
+                           torch.exp(-0.5 * th_right * th_right - _HALF_LOG_2PI - lp_hi_right))
     g_hi_wide = mills_hi / one_minus
-    g_lo_wide = -mills_lo * torch.exp(delta) / one_minus
+    g_lo_wide = -(_SQRT_2_OVER_PI / ex_lo) * torch.exp(delta) / one_minus
     # Narrow intervals.
-    dn = d.clamp(max=_NARROW)
-    mn = m.clamp(-1.0 / _NARROW, 1.0 / _NARROW)
-    corr = 1.0 + dn * dn * (mn * mn - 1.0) / 24.0
+    corr = 1.0 + d * d * (m * m - 1.0) / 24.0
     narrow_value = logd - 0.5 * m * m - _HALF_LOG_2PI + torch.log(corr)
-    g_lo_narrow = -torch.exp(0.5 * dn * mn - dn * dn / 8.0) / (dn * corr)
-    g_hi_narrow = torch.exp(-0.5 * dn * mn - dn * dn / 8.0) / (dn * corr)
+    g_lo_narrow = -torch.exp(0.5 * d * m - d * d / 8.0) / (d * corr)
+    g_hi_narrow = torch.exp(-0.5 * d * m - d * d / 8.0) / (d * corr)
     narrow = d * torch.clamp(m.abs(), min=1.0) < _NARROW
     value = torch.where(narrow, narrow_value, wide)
     g_lo = torch.where(narrow, g_lo_narrow, g_lo_wide)
@@ -258,12 +283,10 @@ def _log_erfi_difference(tl, th, d, logd):
     g_lo_far = -eq * torch.exp(-log_d_lo) / denom
     g_lo_near = -torch.exp(tl * tl - wide)
     g_lo_wide = torch.where(abs_lo < 1.0, g_lo_near, g_lo_far)
-    dn = d.clamp(max=_NARROW)
-    mn = m.clamp(-1.0 / _NARROW, 1.0 / _NARROW)
-    corr = 1.0 + dn * dn * (4.0 * mn * mn + 2.0) / 24.0
+    corr = 1.0 + d * d * (4.0 * m * m + 2.0) / 24.0
     narrow_value = logd + m * m + torch.log(corr)
-    g_hi_narrow = torch.exp(dn * mn + dn * dn / 4.0) / (dn * corr)
-    g_lo_narrow = -torch.exp(-dn * mn + dn * dn / 4.0) / (dn * corr)
+    g_hi_narrow = torch.exp(d * m + d * d / 4.0) / (d * corr)
+    g_lo_narrow = -torch.exp(-d * m + d * d / 4.0) / (d * corr)
     narrow = d * torch.clamp(m.abs(), min=1.0) < _NARROW
     value = torch.where(narrow, narrow_value, wide)
     g_lo = torch.where(narrow, g_lo_narrow, g_lo_wide)
@@ -273,53 +296,81 @@ def _log_erfi_difference(tl, th, d, logd):
 
 def _power_terms(scale, power):
     """For the integral of N(x; mu, s^2)^p over [lo, hi]: the standardizing factor k, the
-    kernel, the additive constant and its derivative in s (spec section 5).
+    kernel, the additive constant, its derivative in s, and the exponent c of the kernel's
+    derivative ratio d/dth = -exp(c d m) d/dtl (spec section 5).
 
-    p > 0: ((1 - p)/2) log(2 pi s^2) - log(p)/2 + log(Phi(k b) - Phi(k a)), k = sqrt(p).
-    p < 0, g = -p: (g/2) log(2 pi s^2) + log s - log k + log(F(k b) - F(k a)), k = sqrt(g/2).
-    Here a, b = (lo - mu)/s, (hi - mu)/s.
+    p > 0: ((1 - p)/2) log(2 pi s^2) - log(p)/2 + log(Phi(k b) - Phi(k a)), k = sqrt(p);
+        phi(th) / phi(tl) = exp(-d m), c = -1.
+    p < 0, g = -p: (g/2) log(2 pi s^2) + log s - log k + log(F(k b) - F(k a)), k = sqrt(g/2);
+        exp(th^2) / exp(tl^2) = exp(2 d m), c = 2.
+    Here a, b = (lo - mu)/s, (hi - mu)/s, d = th - tl and m = (tl + th)/2.
     """
     log_var = math.log(2.0 * math.pi) + 2.0 * torch.log(scale)
     if power > 0:
         k = math.sqrt(power)
         const = 0.5 * (1.0 - power) * log_var - 0.5 * math.log(power)
-        return k, _log_phi_difference, const, (1.0 - power) / scale
+        return k, _log_phi_difference, const, (1.0 - power) / scale, -1.0
     g = -power
     k = math.sqrt(g / 2.0)
     const = 0.5 * g * log_var + torch.log(scale) - math.log(k)
-    return k, _log_erfi_difference, const, (g + 1.0) / scale
+    return k, _log_erfi_difference, const, (g + 1.0) / scale, 2.0
 
 
-def _power_integral(lo, hi, loc, scale, power, dtype):
-    """Value of log int_lo^hi N(x; loc, scale^2)^power dx and its four partial derivatives,
-    computed in float64 for a result of ``dtype``."""
-    k, kernel, const, dconst = _power_terms(scale, power)
+def _power_integral(lo, hi, loc, scale, power, dtype, with_grads=True):
+    """Value of log int_lo^hi N(x; loc, scale^2)^power dx (unsaturated) and, if
+    ``with_grads``, its partial derivatives in (lo, hi, loc, scale), for a result of ``dtype``.
+    Computed in float64 whatever the result's dtype."""
+    k, kernel, const, dconst, c = _power_terms(scale, power)
     # Standardized endpoints, clamped where the value is beyond dtype's limit anyway.
     z = 2.0 * math.sqrt(2.0 * log_limit(dtype))
     factor = k / scale
     tl_raw, th_raw = (lo - loc) * factor, (hi - loc) * factor
     tl, th = tl_raw.clamp(-z, z), th_raw.clamp(-z, z)
-    clamped = (tl != tl_raw) | (th != th_raw)
-    logd = torch.where(clamped, torch.log(th - tl), torch.log(hi - lo) + math.log(k)
-                       - torch.log(scale))
+    # log d from the width itself, unless a clamped (or infinite) end makes th - tl the
+    # consistent choice; when both ends are clamped to the same side, th - tl = 0 and the width
+    # still says which way the value saturates.
+    clamped = ((tl != tl_raw) | (th != th_raw)) & (th > tl)
+    logd = torch.where(clamped, torch.log(th - tl),
+                       torch.log(hi - lo) + math.log(k) - torch.log(scale))
     d = torch.exp(logd)
     value, g_lo, g_hi = kernel(tl, th, d, logd)
-    grads = (g_lo * factor, g_hi * factor, -(g_lo + g_hi) * factor,
-             dconst - (tl * g_lo + th * g_hi) / scale)
+    if not with_grads:
+        return const + value, None
+    # g_lo + g_hi and tl g_lo + th g_hi cancel for narrow intervals (|d m| < 1): there they are
+    # -g_lo expm1(c d m) and m (g_lo + g_hi) + (d/2) (g_hi - g_lo), free of cancellation.
+    m = 0.5 * (tl + th)
+    dm = d * m
+    close = dm.abs() < 1.0
+    g_sum = torch.where(close, -g_lo * torch.expm1(c * dm), g_lo + g_hi)
+    g_moment = torch.where(close, m * g_sum + 0.5 * d * (g_hi - g_lo), tl * g_lo + th * g_hi)
+    grads = (g_lo * factor, g_hi * factor, -g_sum * factor, dconst - g_moment / scale)
     return const + value, grads
+
+
+_kernel = _power_integral
+
+
+def compile_kernels(enabled: bool = True) -> None:
+    """Run the interval and power-integral kernels through ``torch.compile`` (or back to eager).
+
+    Compiling fuses their elementwise steps into one pass, which matters because the eager
+    kernels are a few dozen passes over (samples x batch x pixels) float64 tensors; the first
+    call per shape class pays the compilation (tens of seconds on CPU).
+    """
+    global _kernel
+    _kernel = torch.compile(_power_integral, dynamic=True) if enabled else _power_integral
 
 
 class _PowerIntegral(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lo, hi, loc, scale, power, dtype):
-        value, grads = _power_integral(lo, hi, loc, scale, power, dtype)
+        value, grads = _kernel(lo, hi, loc, scale, power, dtype)
         ctx.save_for_backward(*(_saturate(g, dtype).to(dtype) for g in grads))
         return _saturate(value, dtype).to(dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        grads = ctx.saved_tensors
-        return tuple(grad * g for g in grads) + (None, None)
+        return tuple(grad * g for g in ctx.saved_tensors) + (None, None)
 
 
 def log_normal_power_integral(lo, hi, loc, scale, power: float) -> torch.Tensor:
@@ -327,19 +378,21 @@ def log_normal_power_integral(lo, hi, loc, scale, power: float) -> torch.Tensor:
 
     The erf (Phi) branch serves power > 0, the Dawson branch power < 0 (the IRELBO with
     alpha > 1, paper eq. (7)); power = 1 is ``log_normal_interval``. Requires lo < hi
-    (infinite ends allowed) and scale > 0. Saturates at +-``log_limit(dtype)``.
+    (infinite ends allowed) and scale > 0. Saturates at +-``log_limit(dtype)``; gradients are
+    computed in closed form (a custom autograd function), so they stay finite where the
+    chain rule through (x - loc) / scale would overflow.
     """
     power = float(power)
     if power == 0.0 or not math.isfinite(power):
         raise ValueError(f"power must be a finite number other than 0, got {power!r}")
-    lo, hi, loc, scale = _as_tensors(lo, hi, loc, scale)
-    dtype = _result_dtype(lo, hi, loc, scale)
-    work = [t.to(_WORK) for t in torch.broadcast_tensors(lo, hi, loc, scale)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (lo, hi, loc, scale)):
-        # Broadcast before the Function so its gradients have the inputs' own shapes after
-        # autograd sums over the broadcast dimensions.
-        return _PowerIntegral.apply(*work, power, dtype)
-    value, _ = _power_integral(*(t.detach() for t in work), power, dtype)
+    inputs = _as_tensors(lo, hi, loc, scale)
+    dtype = _result_dtype(*inputs)
+    # Broadcast before the Function so that autograd sums its gradients back to the inputs'
+    # own shapes.
+    args = [t.to(_WORK) for t in torch.broadcast_tensors(*inputs)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _PowerIntegral.apply(*args, power, dtype)
+    value, _ = _kernel(*(t.detach() for t in args), power, dtype, with_grads=False)
     return _saturate(value, dtype).to(dtype)
 
 

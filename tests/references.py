@@ -27,8 +27,11 @@ BASE_DPS = 50
 _SPARE_DPS = 20
 
 
-def exact(v: float) -> mp.mpf:
-    """The binary value of the python float ``v`` as an mpmath number, without rounding."""
+def exact(v: float | mp.mpf) -> mp.mpf:
+    """The binary value of the python float ``v`` as an mpmath number, without rounding
+    (mpmath numbers pass through unchanged)."""
+    if isinstance(v, mp.mpf):
+        return v
     with mp.workdps(BASE_DPS):
         out = mp.mpf(float(v))
     if float(out) != float(v):  # pragma: no cover - mpf(float) is exact above 53 bits
@@ -61,7 +64,7 @@ def log_ndtr(x: float, dps: int = BASE_DPS) -> mp.mpf:
             out = mp.log(_lower_tail(xm))
         else:
             out = mp.log1p(-_lower_tail(-xm))
-    return +out
+    return out
 
 
 def log_ndtr_grad(x: float, dps: int = BASE_DPS) -> mp.mpf:
@@ -69,7 +72,7 @@ def log_ndtr_grad(x: float, dps: int = BASE_DPS) -> mp.mpf:
     with mp.workdps(dps + _SPARE_DPS):
         xm = exact(x)
         out = mp.exp(_log_phi(xm) - log_ndtr(x, dps + _SPARE_DPS))
-    return +out
+    return out
 
 
 # ----------------------------------------------------------------------------- Dawson
@@ -85,7 +88,7 @@ def dawson(x: float, dps: int = BASE_DPS) -> mp.mpf:
     with mp.workdps(dps + _SPARE_DPS + 20):
         xm = exact(x)
         out = mp.exp(-xm * xm) * _erfi_integral(xm)
-    return +out
+    return out
 
 
 def dawson_grad(x: float, dps: int = BASE_DPS) -> mp.mpf:
@@ -94,7 +97,7 @@ def dawson_grad(x: float, dps: int = BASE_DPS) -> mp.mpf:
     with mp.workdps(dps + _SPARE_DPS + extra):
         xm = exact(x)
         out = 1 - 2 * xm * dawson(x, dps + _SPARE_DPS + extra)
-    return +out
+    return out
 
 
 # ------------------------------------------------------------------ interval differences
@@ -137,10 +140,11 @@ def log_std_power_integral(a: mp.mpf, b: mp.mpf, p: mp.mpf) -> mp.mpf:
 
 
 def _working_dps(lo: float, hi: float, loc: float, scale: float, dps: int) -> int:
-    """Digits to carry so that log I keeps ``dps`` digits.
+    """Digits to carry so that log I and its gradient keep ``dps`` digits.
 
     Forming a, b and their difference costs log10(max(|a|, |b|) / (b - a)) digits, the
-    difference Phi(b) - Phi(a) (or F(tb) - F(ta)) about log10(max(1, |a|, |b|) / (b - a)).
+    difference Phi(b) - Phi(a) (or F(tb) - F(ta)) about log10(max(1, |a|, |b|) / (b - a)),
+    and exp(p log phi(a)) about log10(a^2).
     """
     with mp.workdps(30):
         lo_m, hi_m, loc_m, s_m = exact(lo), exact(hi), exact(loc), exact(scale)
@@ -149,7 +153,10 @@ def _working_dps(lo: float, hi: float, loc: float, scale: float, dps: int) -> in
             return dps + _SPARE_DPS
         big = max(mp.mpf(1), abs(lo_m - loc_m) / s_m, abs(hi_m - loc_m) / s_m)
         lost = max(0, int(mp.ceil(mp.log10(big / width))))
-    return dps + _SPARE_DPS + 2 * lost
+        # exp(-a^2/2) with a^2 ~ 10^k: the exponent needs k more digits for full relative
+        # precision of densities far below float range (the gradient's phi(a)^p / J)
+        exponent = int(mp.ceil(2 * mp.log10(big)))
+    return dps + _SPARE_DPS + 2 * lost + exponent
 
 
 def log_power_integral(
@@ -178,7 +185,7 @@ def log_power_integral(
             (r_a - r_b) / s_m,
             (1 - p) / s_m + (a * r_a - b * r_b) / s_m,
         )
-    return +value, tuple(+g for g in grads)
+    return value, grads
 
 
 def log_normal_interval(
@@ -191,18 +198,22 @@ def log_normal_interval(
 def log_power_integral_quad(
     lo: float, hi: float, loc: float, scale: float, power: float, dps: int = 30
 ) -> mp.mpf:
-    """The same log integral by direct numerical quadrature (independent check)."""
+    """The same log integral by direct numerical quadrature (independent check).
+
+    The integrand is divided by its largest value on [lo, hi] first: mp.quad's convergence
+    test is absolute, so an unscaled integrand of size 1e-198 would "converge" at once.
+    """
     with mp.workdps(dps):
         lo_m, hi_m, loc_m, s_m, p = exact(lo), exact(hi), exact(loc), exact(scale), exact(power)
 
-        def integrand(x: mp.mpf) -> mp.mpf:
-            z = (x - loc_m) / s_m
-            return mp.exp(p * _log_phi(z)) / s_m**p
+        def log_integrand(x: mp.mpf) -> mp.mpf:
+            return p * (_log_phi((x - loc_m) / s_m) - mp.log(s_m))
 
         pts = [lo_m, hi_m]
         if lo_m < loc_m < hi_m:
             pts = [lo_m, loc_m, hi_m]
-        return mp.log(mp.quad(integrand, pts))
+        top = max(log_integrand(x) for x in pts)
+        return top + mp.log(mp.quad(lambda x: mp.exp(log_integrand(x) - top), pts))
 
 
 def to_float(v: mp.mpf) -> float:
