@@ -26,6 +26,8 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 _WORK = torch.float64
 _DAWSON_TABLES: dict[torch.device, torch.Tensor] = {}
+# (-1)^n (2n - 1)!!, n = 0..7: the asymptotic series of erfcx in 1 / (2 y^2).
+_ERFCX_SERIES = tuple((-1) ** n * math.prod(range(1, 2 * n, 2)) for n in range(8))
 
 
 def log_limit(dtype: torch.dtype) -> float:
@@ -145,7 +147,7 @@ def _erfcx(y: torch.Tensor) -> torch.Tensor:
     """The scaled complementary error function exp(y^2) erfc(y) for float64 y >= 0.
 
     exp(y^2) erfc(y) directly below 26 (no overflow there in float64), then the asymptotic
-    series (1 / (y sqrt pi)) sum_n (-1)^n (2n - 1)!! / (2 y^2)^n, 9 terms (error below 1e-18).
+    series (1 / (y sqrt pi)) sum_{n<=7} (-1)^n (2n - 1)!! / (2 y^2)^n (error below 2e-17).
     Written with elementwise ops only, so that ``torch.compile`` can fuse it (the built-in
     ``torch.special.erfcx`` is an opaque, unvectorized kernel on CPU).
     """
@@ -153,10 +155,10 @@ def _erfcx(y: torch.Tensor) -> torch.Tensor:
     direct = torch.exp(near * near) * torch.special.erfc(near)
     far = y.clamp(min=26.0)
     r = 0.5 / (far * far)
-    acc = torch.ones_like(far)
-    for n in range(8, 0, -1):
-        acc = 1.0 - (2 * n - 1) * r * acc
-    return torch.where(y < 26.0, direct, acc / (far * math.sqrt(math.pi)))
+    series = torch.full_like(far, _ERFCX_SERIES[-1])
+    for c in reversed(_ERFCX_SERIES[:-1]):
+        series = torch.addcmul(torch.full_like(far, c), series, r)
+    return torch.where(y < 26.0, direct, series / (far * math.sqrt(math.pi)))
 
 
 def _log_ndtr_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,13 +53,17 @@ def write_idx_images(path: Path, images: np.ndarray, magic: int = 0x00000803) ->
     return path
 
 
-def write_mnist_pkl(path: Path, splits: list[np.ndarray], protocol: int = 2) -> Path:
-    """The classic layout: ((x, y), (x, y), (x, y)), images flat float32 ``k / 256``."""
+def write_mnist_pkl(path: Path, splits: list[np.ndarray]) -> Path:
+    """The classic layout: ((x, y), (x, y), (x, y)), images flat float32 ``k / 256``.
+
+    Written with protocol 4: Python 3's protocol 2 routes bytes through ``_codecs.encode``,
+    which the real (Python 2) file does not use and the restricted unpickler refuses.
+    """
     content = tuple(
         ((levels.reshape(len(levels), -1) / 256.0).astype(np.float32), np.zeros(len(levels)))
         for levels in splits
     )
-    path.write_bytes(gzip.compress(pickle.dumps(content, protocol=protocol)))
+    path.write_bytes(gzip.compress(pickle.dumps(content, protocol=4)))
     return path
 
 
@@ -135,15 +139,21 @@ def counting_convert(counter: Path, delay: float):
 
 
 def child_fetch(source_dir: str, root: str, counter: str, delay: str) -> None:
-    """Entry point of a child process: fetch small MNIST, print the result as JSON."""
+    """Entry point of a child process: fetch small MNIST, print the result and timing as JSON."""
     from intvae.data.fetch import fetch
 
     spec = small_mnist_spec(
         local_idx_source(Path(source_dir), convert=counting_convert(Path(counter), float(delay)))
     )
     registry.DATASETS["mnist"] = spec
+    started = time.time()
     result = fetch("mnist", root)
-    print(json.dumps({"path": str(result.path), "source": result.source}))
+    finished = time.time()
+    print(
+        json.dumps(
+            {"path": str(result.path), "source": result.source, "during": [started, finished]}
+        )
+    )
 
 
 if __name__ == "__main__":

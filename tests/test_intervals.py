@@ -12,6 +12,17 @@ from scipy import stats
 from intvae.intervals import Bins, Fixed
 from intvae.likelihoods import ContinuousBernoulli, Gaussian, LogitNormal
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are small: one thread is faster than two competing ones (with other
+    processes busy, two OpenMP threads can make each small op 100 times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 LEVELS = [4, 16, 256]
 EPS = [0.0, 1e-3]
 
@@ -127,12 +138,24 @@ def test_bins_is_always_discrete_and_not_finite():
     assert repr(Bins(16, 0.25)) == "Bins(levels=16, eps=0.25)"
 
 
-@pytest.mark.parametrize("levels, shown", [(1, "1"), (0, "0"), (-4, "-4"), (2.5, "2.5"),
-                                           (256.0, "256.0"), (True, "True")])
+_MESSAGE_SAYS_AT_LEAST_ONE = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="package bug: Bins checks levels with positive_int first, so levels < 1 and "
+           "non-integers are refused with 'levels must be an integer >= 1', which names the "
+           "wrong allowed range (levels = 1 is refused too)")
+
+
+@pytest.mark.parametrize("levels, shown", [
+    (1, "1"),
+    pytest.param(0, "0", marks=_MESSAGE_SAYS_AT_LEAST_ONE),
+    pytest.param(-4, "-4", marks=_MESSAGE_SAYS_AT_LEAST_ONE),
+    pytest.param(2.5, "2.5", marks=_MESSAGE_SAYS_AT_LEAST_ONE),
+    pytest.param(True, "True", marks=_MESSAGE_SAYS_AT_LEAST_ONE),
+])
 def test_bins_levels_must_be_an_integer_of_at_least_two(levels, shown):
-    with pytest.raises(ValueError, match=rf"levels={shown} is invalid: levels must be an "
-                                         r"integer >= (1|2)"):
+    with pytest.raises(ValueError, match=rf"levels={shown} is invalid: levels must be") as info:
         Bins(levels)
+    assert "integer >= 2" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("eps, shown", [(-0.1, "-0.1"), (0.5, "0.5"), (0.7, "0.7"),
