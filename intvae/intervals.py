@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from intvae.checks import finite_float, positive_int, require
+from intvae.checks import finite_float, require
 
 
 class Fixed:
@@ -47,8 +47,9 @@ class Bins:
     finite = False
 
     def __init__(self, levels: int = 256, eps: float = 0.0):
-        self.levels = positive_int("levels", levels)
-        require("levels", levels, levels >= 2, "an integer >= 2")
+        ok = isinstance(levels, int) and not isinstance(levels, bool) and levels >= 2
+        require("levels", levels, ok, "an integer >= 2")
+        self.levels = levels
         self.eps = finite_float("eps", eps, "a number in [0, 0.5)")
         require("eps", eps, 0.0 <= self.eps < 0.5, "a number in [0, 0.5)")
         self.spacing = (1.0 - 2.0 * self.eps) / (self.levels - 1)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import distributions as dist
 
 from intvae.checks import finite_float, require
-from intvae.numerics import log_normal_interval, log_normal_power_integral
+from intvae.numerics import log1mexp, log_normal_interval, log_normal_power_integral
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -109,21 +109,36 @@ class Bernoulli(Likelihood):
 
 class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli of Loaiza-Ganem and Cunningham (2019), a density on [0, 1]
-    with a closed-form CDF (``torch.distributions.ContinuousBernoulli``)."""
+    (``log_prob`` from ``torch.distributions.ContinuousBernoulli``).
+
+    With logit l its CDF is expm1(l x) / expm1(l), so for lo < hi in [0, 1] and l > 0
+    log P(lo < X < hi) = l hi + log1mexp(l (lo - hi)) - l - log1mexp(-l), and for l < 0 the
+    same with (l, lo, hi) -> (-l, 1 - hi, 1 - lo). Near l = 0 (|l| < 1e-6) the expansion
+    log(hi - lo) + l (hi + lo - 1) / 2 serves (error O(l^2)). Unlike torch's ``cdf``, this
+    has the right value and gradient for small |l| too.
+    """
 
     has_interval = True
 
     def __init__(self, logits: torch.Tensor):
+        self.logits = logits
         self.dist = dist.ContinuousBernoulli(logits=logits, validate_args=False)
 
     def log_prob(self, x):
         return self.dist.log_prob(x)
 
     def log_interval_prob(self, lo, hi):
-        """log(CDF(hi) - CDF(lo)) with ends clipped to [0, 1]; floored at the smallest normal
-        float so that a vanishing difference stays finite."""
-        diff = self.dist.cdf(hi.clamp(0.0, 1.0)) - self.dist.cdf(lo.clamp(0.0, 1.0))
-        return torch.log(diff.clamp(min=torch.finfo(diff.dtype).tiny))
+        lo, hi, logit = torch.broadcast_tensors(lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0),
+                                                self.logits)
+        # An interval clipped to nothing keeps the smallest positive width: finite values.
+        width = (hi - lo).clamp(min=torch.finfo(lo.dtype).tiny)
+        small = logit.abs() < 1e-6
+        series = torch.log(width) + logit * (hi + lo - 1.0) / 2.0
+        negative = logit < 0
+        lo, hi = torch.where(negative, 1.0 - hi, lo), torch.where(negative, 1.0 - lo, hi)
+        a = torch.where(small, 1.0, logit.abs())
+        exact = a * hi + log1mexp(-a * width) - a - log1mexp(-a)
+        return torch.where(small, series, exact)
 
     @property
     def mean(self):
@@ -150,10 +165,10 @@ class Beta(Likelihood):
 
 
 def _log_scale_to_scale(raw: torch.Tensor, sigma_min: float) -> torch.Tensor:
-    """scale = sigma_min + exp(raw); raw is clamped so that exp stays a positive normal float
-    (exp(-87) ~ 1.6e-38 in float32), since a scale of exactly 0 has no interval probability."""
-    tiny = math.log(torch.finfo(raw.dtype).tiny)
-    return sigma_min + torch.exp(raw.clamp(min=tiny, max=-tiny))
+    """scale = sigma_min + exp(raw), kept within [finfo.tiny, exp(-log finfo.tiny)] (about
+    [1.2e-38, 8.5e37] in float32): a scale of exactly 0 has no interval probability."""
+    tiny = torch.finfo(raw.dtype).tiny
+    return sigma_min + torch.exp(raw.clamp(max=-math.log(tiny))).clamp(min=tiny)
 
 
 class Head:

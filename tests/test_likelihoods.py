@@ -228,16 +228,10 @@ def test_continuous_bernoulli_density_integrates_to_one(logit):
                                                                       rel=1e-5)
 
 
-_TORCH_UNIFORM_CDF = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="package bug (inherited from torch.distributions.ContinuousBernoulli.cdf): for "
-           "|logit| < ~0.004 (probs in torch's 'unstable region' (0.499, 0.501)) the CDF is "
-           "replaced by the uniform CDF x, so P(I) is off by up to ~|logit|/4 relative, jumps at "
-           "the region's edge and has zero gradient in logit there")
 CB_INTERVAL_LOGITS = [
     -8.0, -1.0, 0.0, 0.5, 4.0, 0.01,
-    pytest.param(-1e-3, marks=_TORCH_UNIFORM_CDF),
-    pytest.param(2e-3, marks=_TORCH_UNIFORM_CDF),
+    -1e-3,
+    2e-3,
 ]
 
 
@@ -252,8 +246,8 @@ def test_continuous_bernoulli_interval_prob_matches_quadrature(logit, lo, hi):
     assert got == pytest.approx(math.log(mass), rel=1e-8, abs=1e-10)
 
 
-@pytest.mark.parametrize("logit", [-1.0, 0.3, pytest.param(0.0, marks=_TORCH_UNIFORM_CDF),
-                                   pytest.param(2e-3, marks=_TORCH_UNIFORM_CDF)])
+@pytest.mark.parametrize("logit", [-1.0, 0.3, 0.0,
+                                   2e-3])
 def test_continuous_bernoulli_interval_prob_gradient_in_logit(logit):
     """d/d logit log P([0.97, 0.99]) against a central difference of the quadrature reference
     (about 0.48 near logit 0: the interval sits above 1/2)."""
@@ -358,11 +352,7 @@ def test_scale_floor_is_respected(head_cls, dtype):
 
 
 @pytest.mark.parametrize("dtype", [
-    pytest.param(torch.float32, marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="package bug (minor): exp(log(finfo.tiny)) rounds below finfo.tiny in float32, "
-               "so the clamped scale is the subnormal 1.1754907e-38, not 'a positive normal "
-               "float' as _log_scale_to_scale documents")),
+    torch.float32,
     torch.float64,
 ])
 @pytest.mark.parametrize("head_cls", [GaussianHead, LogitNormalHead])
