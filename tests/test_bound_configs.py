@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from single_thread import one_thread  # noqa: F401  (autouse fixture)
 
 from intvae.bounds import IRELBO, MIWAE, REGISTRY, VR
 from intvae.intervals import Bins, Fixed
@@ -29,16 +30,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 INTERVAL_BOUNDS = {"ielbo", "iw_ielbo", "irelbo"}
 HEADS = {"gaussian": GaussianHead, "logit_normal": LogitNormalHead, "bernoulli": BernoulliHead,
          "continuous_bernoulli": ContinuousBernoulliHead, "beta": BetaHead}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small: one thread is faster than two competing ones (with other
-    processes busy, two OpenMP threads can make each small op 100 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

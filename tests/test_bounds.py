@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from linear_gaussian import LinearGaussianVAE, log_normal_interval, logmeanexp
+from single_thread import one_thread  # noqa: F401  (autouse fixture)
 from torch import distributions as dist
 
 from intvae.bounds import (
@@ -33,17 +34,6 @@ from intvae.bounds import (
 )
 from intvae.intervals import Bins, Fixed
 from intvae.likelihoods import Gaussian
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small: one thread is faster than two competing ones (with other
-    processes busy, two OpenMP threads can make each small op 100 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------ the models
 

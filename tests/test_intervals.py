@@ -8,20 +8,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from single_thread import one_thread  # noqa: F401  (autouse fixture)
 
 from intvae.intervals import Bins, Fixed
 from intvae.likelihoods import ContinuousBernoulli, Gaussian, LogitNormal
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small: one thread is faster than two competing ones (with other
-    processes busy, two OpenMP threads can make each small op 100 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 LEVELS = [4, 16, 256]
 EPS = [0.0, 1e-3]

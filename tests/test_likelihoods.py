@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import integrate, special, stats
+from single_thread import one_thread  # noqa: F401  (autouse fixture)
 
 from intvae.bounds import ELBO, IELBO, IRELBO, IWAE, IWIELBO, MIWAE, VR, VRMax
 from intvae.intervals import Bins, Fixed
@@ -25,16 +26,6 @@ from intvae.likelihoods import (
     LogitNormalHead,
 )
 from intvae.networks import VAE
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small: one thread is faster than two competing ones (with other
-    processes busy, two OpenMP threads can make each small op 100 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def t64(values) -> torch.Tensor:
