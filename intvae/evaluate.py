@@ -1,0 +1,171 @@
+"""Importance-sampled log-likelihood of a trained VAE: log P(I) of the test images.
+
+    log P(I(x)) ~ log (1/K) sum_k P(I(x) | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
+
+the IW-IELBO with K samples (``intvae.bounds.iw_ielbo``; Burda, Grosse and Salakhutdinov 2016
+on the intervals of the integral bounds paper), a lower bound that tends to log P(I) as K grows.
+For a likelihood without interval probabilities (bernoulli, beta) the density log p(x) is
+estimated instead, by IWAE_K. Bits per dimension, -log P(I) / (D log 2), are reported only where
+the intervals of neighbouring pixel levels do not overlap, so that P(I) is a discrete likelihood
+(``../shared/spec/bounds.md`` section 8); otherwise null.
+
+K defaults to 5000 on a GPU, the papers' value, and to 100 on the CPU, where 5000 samples of
+the 10,000 MNIST test images would take hours. The K samples of a batch are drawn in chunks of
+at most ``chunk_elements`` = K_chunk * batch * pixels decoder outputs, which bounds the memory.
+
+    python -m intvae.evaluate run=<output dir or checkpoint> [samples=K] [split=test]
+        [data.root=DIR] [chunk_elements=N] [limit_batches=N] [device=cpu|cuda] [compile=false]
+
+evaluates ``<dir>/checkpoints/last.ckpt`` (or the given checkpoint) and adds the result to the
+run's ``results.json``.
+"""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from intvae.bounds import IWAE, IWIELBO
+from intvae.config import USER_ERRORS, ConfigError, describe
+from intvae.module import build_vae, select_kernels
+from intvae.networks import VAE
+from intvae.results import RESULTS_FILE, update_results
+
+DEFAULT_SAMPLES = {"cpu": 100, "cuda": 5000}
+DEFAULT_CHUNK_ELEMENTS = 2**22  # 4M decoder outputs: about 1.3 GB of peak memory on a CPU
+
+
+def resolve_samples(samples, device: torch.device) -> int:
+    """K: ``samples``, or for ``auto``/None the default of ``device``'s type."""
+    if samples in (None, "auto"):
+        return DEFAULT_SAMPLES.get(device.type, DEFAULT_SAMPLES["cuda"])
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ConfigError(f"evaluate.samples={samples!r} is invalid: it must be an integer >= 1 "
+                          "or auto")
+    return samples
+
+
+def likelihood_kind(vae: VAE) -> str:
+    """``"interval"`` if the decoder's likelihood has interval probabilities, else
+    ``"density"``."""
+    device = next(vae.parameters()).device
+    with torch.no_grad():
+        likelihood = vae.decode(torch.zeros(1, vae.latent, device=device))
+    return "interval" if likelihood.has_interval else "density"
+
+
+@torch.no_grad()
+def log_likelihood(vae, interval, batches: list[torch.Tensor], samples: int,
+                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                   progress: bool = True) -> torch.Tensor:
+    """Per-image estimates (float64, nats) of log P(I) with K = ``samples`` (of log p(x) if
+    ``interval`` is None) for ``batches`` of images on the model's device."""
+    values = []
+    name = "p(x)" if interval is None else "P(I)"
+    with tqdm(total=sum(len(x) for x in batches), unit="img", disable=not progress,
+              desc=f"log {name}, K={samples}") as bar:
+        for x in batches:
+            chunks = math.ceil(samples / max(1, chunk_elements // x.numel()))
+            chunk = math.ceil(samples / chunks)  # near-equal chunks: few compiled shapes
+            total = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
+            for start in range(0, samples, chunk):
+                k = min(chunk, samples - start)
+                bound = IWAE(samples=k) if interval is None else IWIELBO(interval, samples=k)
+                log_weights = bound(vae, x).log_weights.double()
+                total = torch.logaddexp(total, torch.logsumexp(log_weights, dim=0))
+            values.append(total - math.log(samples))
+            bar.update(len(x))
+    return torch.cat(values).cpu()
+
+
+def evaluate(vae: VAE, interval, datamodule, samples, device: torch.device,
+             split: str = "test", chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+             limit_batches: int | None = None, progress: bool = True) -> dict:
+    """The ``results.json`` fields of the log-likelihood of ``split`` (test or val), on one
+    device (exact: every image counted once)."""
+    if split not in ("test", "val"):
+        raise ConfigError(f"split={split!r} is invalid: split must be test or val")
+    k = resolve_samples(samples, device)
+    datamodule.setup("test" if split == "test" else "validate")
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    batches = [x.to(device) for x in list(loader)[:limit_batches]]
+    kind = likelihood_kind(vae.to(device))
+    start = time.perf_counter()
+    values = log_likelihood(vae, interval if kind == "interval" else None, batches, k,
+                            chunk_elements, progress)
+    mean = values.mean().item()
+    discrete = kind == "interval" and interval.is_discrete(datamodule.levels, datamodule.eps)
+    return {
+        f"{split}_log_likelihood": mean,
+        "log_likelihood_kind": kind,
+        "k": k,
+        "eval_images": len(values),
+        "bits_per_dim": -mean / (datamodule.num_pixels * math.log(2)) if discrete else None,
+        "eval_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def find_checkpoint(run: str | Path) -> tuple[Path, Path]:
+    """(checkpoint, run directory) for a run directory or a checkpoint file."""
+    run = Path(run).expanduser()
+    ckpt = run / "checkpoints" / "last.ckpt" if run.is_dir() else run
+    if not ckpt.is_file():
+        raise ConfigError(f"run={run} is invalid: no checkpoint {ckpt}")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return ckpt, run_dir
+
+
+def load_checkpoint(ckpt: Path) -> tuple[dict, dict]:
+    """The checkpoint (tensors on the CPU) and the run's resolved config it carries.
+
+    A run's own Lightning checkpoint is unpickled in full: load only trusted files."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    config = checkpoint.get("hyper_parameters", {}).get("config")
+    if config is None:
+        raise ConfigError(f"run={ckpt} is invalid: the checkpoint carries no intvae config")
+    return checkpoint, config
+
+
+def load_vae(checkpoint: dict, cfg, num_pixels: int) -> VAE:
+    """The trained VAE of ``checkpoint``, built from ``cfg`` (the run's config)."""
+    vae = build_vae(cfg, num_pixels)
+    vae.load_state_dict({k.removeprefix("vae."): v for k, v in checkpoint["state_dict"].items()
+                         if k.startswith("vae.")})
+    return vae.eval()
+
+
+def main(argv: list[str]) -> dict:
+    """``python -m intvae.evaluate run=... [key=value ...]`` (see the module docstring)."""
+    args = OmegaConf.from_dotlist(argv)
+    unknown = set(args) - {"run", "samples", "split", "data", "chunk_elements", "limit_batches",
+                           "device", "compile"}
+    if "run" not in args or unknown:
+        raise ConfigError(f"usage: python -m intvae.evaluate run=<output dir or checkpoint> "
+                          f"[samples=K] [split=test|val] ...; unknown keys: {sorted(unknown)}")
+    ckpt, run_dir = find_checkpoint(args.run)
+    checkpoint, config = load_checkpoint(ckpt)
+    cfg = OmegaConf.merge(config, {"data": args.get("data", {})})
+    datamodule = instantiate(cfg.data)
+    vae = load_vae(checkpoint, cfg, datamodule.num_pixels)
+    interval = instantiate(cfg.interval)
+    used = interval if likelihood_kind(vae) == "interval" else None
+    grey = torch.full((2, vae.num_pixels), 0.5)
+    select_kernels(args.get("compile", True),
+                   lambda: log_likelihood(vae, used, [grey], 2, progress=False))
+    device = torch.device(args.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fields = evaluate(vae, interval, datamodule, args.get("samples"), device,
+                      args.get("split", "test"), args.get("chunk_elements", DEFAULT_CHUNK_ELEMENTS),
+                      args.get("limit_batches"))
+    return update_results(run_dir / RESULTS_FILE, **fields, checkpoint=str(ckpt))
+
+
+if __name__ == "__main__":
+    try:
+        print(OmegaConf.to_yaml(main(sys.argv[1:])), end="")
+    except USER_ERRORS as error:  # one line for the user, not a traceback
+        sys.exit(f"error: {describe(error)}")

@@ -1,0 +1,157 @@
+"""The training app: ``python -m intvae.train [key=value ...] [-m]``.
+
+Trains a VAE with one bound of the registry (default: the IELBO of the integral bounds paper,
+eq. 2, on continuous MNIST with the paper's architecture, 3 epochs on the CPU), then evaluates
+the importance-sampled log-likelihood log P(I) of the test set (``intvae.evaluate``). Configs
+are in ``conf/`` (root ``conf/train.yaml``). Each run writes into its own output directory
+(``outputs/<date>/<time>``, or ``multirun/<date_time>/<job>`` for ``-m``):
+
+* ``config.yaml``: the resolved config (``.hydra/``: Hydra's own record);
+* ``metrics.csv``: per-epoch metrics (``train/bound``, ``val/bound``, ``test/bound``, ...);
+* ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (highest ``val/bound``);
+* ``figures/``: reconstruction grids, prior samples, decoder-std histograms;
+* ``results.json`` (``intvae.results``).
+
+``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run in its own directory. Invalid
+settings end the program with status 1 and one line ``error: <key>: <what is wrong>``
+(``HYDRA_FULL_ERROR=1``: the traceback instead).
+"""
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from intvae.callbacks import NonFiniteError, NonFiniteGuard
+from intvae.config import (
+    CONF_DIR,
+    USER_ERRORS,
+    ConfigError,
+    check_no_ddp_in_multirun,
+    describe,
+    require_conf_dir,
+)
+from intvae.evaluate import evaluate, resolve_samples
+from intvae.module import VAEModule, build_vae, select_kernels
+from intvae.results import RESULTS_FILE, write_results
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """The objects of every entry of a callbacks or logger group that has a ``_target_``."""
+    return [instantiate(node) for node in (group or {}).values()
+            if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def probe(bound, vae) -> None:
+    """Run the bound once on two grey images, so that a likelihood the bound cannot use (e.g.
+    ``bound=ielbo likelihood=bernoulli``) fails now, in one line, not in the first step (and
+    the compiled kernels are compiled for training, with gradients)."""
+    try:
+        bound(vae, torch.full((2, vae.num_pixels), 0.5))
+    except TypeError as error:
+        raise ConfigError(f"likelihood: {error}") from error
+
+
+def hyperparameters(cfg: DictConfig, bound) -> dict:
+    """What the loggers record (W&B config, hparams.yaml) and checkpoints carry: the bound's
+    name, delta, alpha and samples at the top for comparing runs, and the resolved config."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return {"bound": bound.name, "delta": cfg.delta, "alpha": cfg.alpha,
+            "samples": cfg.samples, "seed": cfg.seed, "config": config}
+
+
+def metric(trainer: L.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else value.item()
+
+
+def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule) -> dict:
+    """The log-likelihood of ``cfg.evaluate.split`` (``intvae.evaluate``), on one device, also
+    sent to the loggers."""
+    split = cfg.evaluate.split
+    fields = evaluate(vae, instantiate(cfg.interval), datamodule, cfg.evaluate.samples,
+                      trainer.strategy.root_device, split, cfg.evaluate.chunk_elements,
+                      cfg.evaluate.limit_batches)
+    values = {f"{split}/log_likelihood": fields[f"{split}_log_likelihood"],
+              f"{split}/bits_per_dim": fields["bits_per_dim"]}
+    for logger in trainer.loggers:
+        logger.log_metrics({k: v for k, v in values.items() if v is not None},
+                           step=trainer.global_step)
+        logger.save()
+    return fields
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train, test and evaluate the run ``cfg`` describes; return its results."""
+    check_no_ddp_in_multirun(cfg.trainer.devices)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    bound = instantiate(cfg.bound)
+    vae = build_vae(cfg, datamodule.num_pixels)
+    compiled = select_kernels(cfg.compile, lambda: probe(bound, vae))
+    module = VAEModule(vae, bound, instantiate(cfg.optimizer), hyperparameters(cfg, bound))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks,
+                          logger=instantiate_all(cfg.get("logger")) or False)
+    guard = next((c for c in callbacks if isinstance(c, NonFiniteGuard)), None)
+    resolve_samples(cfg.evaluate.samples, trainer.strategy.root_device)  # refuse a bad K now
+    results = {"bound": bound.name, "delta": cfg.delta, "alpha": cfg.alpha,
+               "samples": cfg.samples, "output_dir": str(output_dir), "status": "failed",
+               "compiled_kernels": compiled}
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        results.update(epochs=trainer.current_epoch, steps=trainer.global_step,
+                       fit_seconds=round(time.perf_counter() - start, 1),
+                       train_bound=metric(trainer, "train/bound"),
+                       val_bound=metric(trainer, "val/bound"))
+        trainer.test(module, datamodule=datamodule)
+        results.update(status="completed", test_bound=metric(trainer, "test/bound"))
+        if trainer.is_global_zero and cfg.evaluate.enabled:
+            results.update(evaluate_run(cfg, trainer, vae, datamodule))
+    except NonFiniteError as error:
+        results.update(status="stopped", error=str(error))
+        raise
+    finally:
+        results["non_finite_steps"] = None if guard is None else guard.non_finite_steps
+        if trainer.is_global_zero:
+            results = write_results(output_dir / RESULTS_FILE, results)
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish()  # else the next job of a multirun logs into this run
+    log.info("results: %s", results)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra's entry point; returns the validation bound (what a sweeper would maximize)."""
+    try:
+        return train(cfg).get("val_bound")
+    except (*USER_ERRORS, NonFiniteError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {describe(error)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    try:
+        require_conf_dir()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    main()

@@ -1,0 +1,131 @@
+"""Every option of every config group composes with the root config and instantiates; the
+resolvers and helpers of ``intvae.config``."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from intvae.config import CONF_DIR, ConfigError, describe, requested_devices, run_dir
+from intvae.data import ImageDataModule
+from intvae.module import build_vae
+from intvae.networks import VAE
+from intvae.train import instantiate_all
+
+GROUPS = ("bound", "interval", "likelihood", "model", "data", "trainer", "logger", "callbacks",
+          "experiment", "debug")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+CASES = [(group, option) for group in GROUPS for option in options(group)]
+
+
+def test_the_groups_and_their_options():
+    assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} == set(GROUPS)
+    assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
+    assert options("logger") == ["csv", "tensorboard", "wandb"]
+    assert {"smoke", "paper_ielbo"} <= set(options("experiment"))
+    assert options("debug") == ["default", "fdr"]
+
+
+def test_the_default_config(compose_train):
+    cfg = compose_train()
+    assert (cfg.delta, cfg.alpha, cfg.samples, cfg.eps, cfg.seed) == (0.01, 2.0, 10, 0.001, 0)
+    assert cfg.bound._target_ == "intvae.bounds.IELBO" and cfg.data.name == "mnist"
+    assert cfg.model.hidden == [200, 200] and cfg.model.activation == "elu"
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.gradient_clip_val == 3.0
+    assert cfg.evaluate.samples == "auto" and set(cfg.logger) == {"csv"}
+    for key in ("max_epochs", "max_steps", "limit_train_batches", "limit_val_batches",
+                "limit_test_batches", "accelerator", "devices", "precision"):
+        assert key in cfg.trainer  # plain keys: overridden without '+'
+
+
+@pytest.mark.parametrize("group, option", CASES)
+def test_every_option_composes_and_instantiates(group, option, compose_train, monkeypatch):
+    overrides = [f"{group}={option}"]
+    if group in ("trainer", "experiment"):
+        overrides.append("trainer.accelerator=cpu")  # the gpu choices, on a machine without one
+    cfg = compose_train(*overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, ImageDataModule)
+    assert isinstance(build_vae(cfg, datamodule.num_pixels), VAE)
+    instantiate(cfg.bound)
+    instantiate(cfg.interval)
+    instantiate(cfg.optimizer)
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    assert isinstance(trainer, L.Trainer)
+    if group == "logger":
+        assert "csv" in cfg.logger and len(loggers) == len(cfg.logger)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "submitit_slurm"])
+def test_hydra_launchers_compose(launcher):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"hydra/launcher={launcher}"],
+                          return_hydra_config=True)
+        assert launcher.split("_")[-1] in cfg.hydra.launcher._target_.lower()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_an_experiment_overrides_the_root_values(compose_train):
+    cfg = compose_train("experiment=paper_ielbo")
+    assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 1000
+    assert cfg.trainer.accelerator == "gpu" and cfg.evaluate.samples == 5000
+    cfg = compose_train("experiment=paper_irelbo")
+    assert cfg.samples == 1 and cfg.bound._target_ == "intvae.bounds.IRELBO"
+    assert cfg.model.hidden == [200] and cfg.model.activation == "relu"
+
+
+def test_wandb_logger_settings(compose_train):
+    cfg = compose_train("logger=wandb", "bound=irelbo", "delta=0.005")
+    OmegaConf.resolve(cfg)
+    wandb = cfg.logger.wandb
+    assert list(wandb.tags) == ["irelbo", "delta=0.005", "alpha=2.0"]
+    assert wandb.group is None and wandb.mode == "disabled"  # the test environment's WANDB_MODE
+    assert wandb.save_dir == cfg.paths.output_dir
+
+
+def test_sweep_group_is_the_sweep_directory_name(compose_train, tmp_path):
+    sweep = tmp_path / "multirun" / "2030-01-01_10-00-00"
+    cfg = compose_train("logger=wandb", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}")
+    assert cfg.logger.wandb.group == "2030-01-01_10-00-00"
+
+
+def test_run_dir_of_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert run_dir(str(ckpt), "default") == str(tmp_path / "run")
+    assert run_dir(str(tmp_path / "x.ckpt"), "default") == str(tmp_path)
+    assert run_dir(None, "outputs/a") == "outputs/a"
+
+
+@pytest.mark.parametrize("devices, count", [(1, 1), (4, 4), ("2", 2), ("0,1", 2), ("1,", 1),
+                                            ([0, 3], 2), ("auto", 1), (-1, 1)])
+def test_requested_devices(devices, count, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert requested_devices(devices) == count
+
+
+def test_describe_gives_one_line_naming_the_key(compose_train):
+    cfg = compose_train("delta=0")
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.bound)
+    assert describe(info.value) == ("bound.interval: delta=0 is invalid: delta must be a finite "
+                                    "number > 0")
+    assert describe(ConfigError("a\nb")) == "a b"
+
+
+def test_conf_dir_is_beside_the_package():
+    assert CONF_DIR == Path(__file__).resolve().parents[1] / "conf"
