@@ -16,6 +16,7 @@ Resolvers registered here (importing ``intvae.config`` registers them):
 
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.types import RunMode
@@ -75,8 +76,6 @@ def requested_devices(devices) -> int:
     """How many devices a Trainer ``devices`` value asks for: an int, ``"2"``, a list or
     ``"0,1"`` of device ids; ``auto`` and -1 count the visible GPUs."""
     if devices in ("auto", -1, "-1"):
-        import torch
-
         return max(1, torch.cuda.device_count())
     if isinstance(devices, str):
         devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)

@@ -1,7 +1,7 @@
 """The training app: ``python -m intvae.train [key=value ...] [-m]``.
 
 Trains a VAE with one bound of the registry (default: the IELBO of the integral bounds paper,
-eq. 2, on continuous MNIST with the paper's architecture, 3 epochs on the CPU), then evaluates
+eq. 2, on continuous MNIST with the paper's architecture, 4 epochs on the CPU), then evaluates
 the importance-sampled log-likelihood log P(I) of the test set (``intvae.evaluate``). Configs
 are in ``conf/`` (root ``conf/train.yaml``). Each run writes into its own output directory
 (``outputs/<date>/<time>``, or ``multirun/<date_time>/<job>`` for ``-m``):

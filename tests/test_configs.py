@@ -10,7 +10,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from intvae.config import CONF_DIR, ConfigError, describe, requested_devices, run_dir
+from intvae.config import (
+    CONF_DIR,
+    ConfigError,
+    describe,
+    requested_devices,
+    require_conf_dir,
+    run_dir,
+)
 from intvae.data import ImageDataModule
 from intvae.module import build_vae
 from intvae.networks import VAE
@@ -127,5 +134,9 @@ def test_describe_gives_one_line_naming_the_key(compose_train):
     assert describe(ConfigError("a\nb")) == "a b"
 
 
-def test_conf_dir_is_beside_the_package():
+def test_conf_dir_is_beside_the_package(monkeypatch, tmp_path):
     assert CONF_DIR == Path(__file__).resolve().parents[1] / "conf"
+    assert require_conf_dir() == CONF_DIR
+    monkeypatch.setattr("intvae.config.CONF_DIR", tmp_path / "conf")
+    with pytest.raises(ConfigError, match=f"the config folder {tmp_path / 'conf'} .* is missing"):
+        require_conf_dir()

@@ -13,6 +13,7 @@ from linear_gaussian import LinearGaussianVAE
 from intvae import evaluate as ev
 from intvae.config import ConfigError
 from intvae.intervals import Fixed
+from intvae.results import update_results, write_results
 from intvae.train import train
 
 
@@ -82,3 +83,16 @@ def test_a_missing_run_is_named(tmp_path):
         ev.main([f"run={tmp_path / 'missing'}"])
     with pytest.raises(ConfigError, match=r"unknown keys: \['sample'\]"):
         ev.main([f"run={tmp_path}", "sample=3"])
+
+
+def test_results_are_written_atomically_and_flag_non_finite_values(tmp_path):
+    path = tmp_path / "results.json"
+    written = write_results(path, {"bound": "ielbo", "val_bound": math.nan,
+                                   "test_bound": torch.tensor(-3.5)})
+    assert written == {"bound": "ielbo", "val_bound": None, "test_bound": -3.5,
+                       "non_finite_fields": ["val_bound"]}
+    assert json.loads(path.read_text()) == written
+    updated = update_results(path, test_log_likelihood=-math.inf, k=5)
+    assert updated["non_finite_fields"] == ["test_log_likelihood", "val_bound"]
+    assert updated["k"] == 5 and updated["bound"] == "ielbo"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left

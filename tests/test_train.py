@@ -60,6 +60,11 @@ def test_a_run_writes_its_outputs(compose_train, tmp_path):
     assert checkpoint["hyper_parameters"]["config"]["model"]["hidden"] == [64]
 
 
+def test_the_smoke_experiment(compose_train):
+    results = train(compose_train("experiment=smoke", "compile=false"))
+    assert (results["status"], results["epochs"], results["k"]) == ("completed", 2, 10)
+
+
 def test_bits_per_dim_where_the_intervals_are_discrete(compose_train, tmp_path):
     """delta at most half the level spacing (0.998 / 255 / 2 = 0.00196): a discrete likelihood
     (spec section 8), bits per dimension = -log P(I) / (784 log 2)."""
