@@ -28,8 +28,16 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 _WORK = torch.float64
 _DAWSON_TABLES: dict[torch.device, torch.Tensor] = {}
-# (-1)^n (2n - 1)!!, n = 0..7: the asymptotic series of erfcx in 1 / (2 y^2).
-_ERFCX_SERIES = tuple((-1) ** n * math.prod(range(1, 2 * n, 2)) for n in range(8))
+# (2n - 1)!!, n = 0..12: the coefficients of the asymptotic series of Dawson and erfcx.
+_ODD_DOUBLE_FACTORIALS = tuple(math.prod(range(1, 2 * n, 2)) for n in range(13))
+
+
+def _polynomial(coeffs, y: torch.Tensor) -> torch.Tensor:
+    """sum_n coeffs[n] y^n by Horner's rule (coefficients lowest power first)."""
+    acc = torch.full_like(y, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        acc = acc * y + c
+    return acc
 
 
 def log_limit(dtype: torch.dtype) -> float:
@@ -77,15 +85,10 @@ def _dawson_coefficients(device: torch.device) -> torch.Tensor:
     return _DAWSON_TABLES[device]
 
 
-def _dawson_asymptotic_tail(y: torch.Tensor, terms: int = 12) -> torch.Tensor:
-    """sum_{n>=1} (2n-1)!! y^n, y = 1/(2 x^2): 2 x D(x) - 1 for x >= 12 (error below 1e-16)."""
-    coeffs = [1.0]
-    for n in range(1, terms + 1):
-        coeffs.append(coeffs[-1] * (2 * n - 1))
-    acc = torch.full_like(y, coeffs[terms])
-    for c in reversed(coeffs[1:terms]):
-        acc = acc * y + c
-    return acc * y
+def _dawson_asymptotic_tail(y: torch.Tensor) -> torch.Tensor:
+    """sum_{n=1}^{12} (2n-1)!! y^n, y = 1/(2 x^2): 2 x D(x) - 1 for x >= 12 (error below
+    1e-16)."""
+    return y * _polynomial(_ODD_DOUBLE_FACTORIALS[1:], y)
 
 
 def _dawson_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +160,7 @@ def _erfcx(y: torch.Tensor) -> torch.Tensor:
     direct = torch.exp(near * near) * torch.special.erfc(near)
     far = y.clamp(min=26.0)
     r = 0.5 / (far * far)
-    series = torch.full_like(far, _ERFCX_SERIES[-1])
-    for c in reversed(_ERFCX_SERIES[:-1]):
-        series = torch.addcmul(torch.full_like(far, c), series, r)
+    series = _polynomial([(-1) ** n * c for n, c in enumerate(_ODD_DOUBLE_FACTORIALS[:8])], r)
     return torch.where(y < 26.0, direct, series / (far * math.sqrt(math.pi)))
 
 

@@ -62,9 +62,8 @@ class BoundResult:
 
 @dataclass
 class Samples:
-    """K reparameterized samples z_k ~ q(z | x) and what the bounds compute from them."""
+    """What the bounds compute from K reparameterized samples z_k ~ q(z | x)."""
 
-    z: torch.Tensor  # (K, B, L)
     log_w: torch.Tensor  # (K, B): log p(z_k) - log q(z_k | x)
     kl: torch.Tensor  # (B,)
     likelihood: Likelihood  # batch shape (K, B, D)
@@ -90,7 +89,7 @@ class Bound:
         prior = dist.Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
         log_w = (prior.log_prob(z) - q.log_prob(z)).sum(-1)
         kl = dist.kl_divergence(q, prior).sum(-1)
-        return Samples(z=z, log_w=log_w, kl=kl, likelihood=vae.decode(z))
+        return Samples(log_w=log_w, kl=kl, likelihood=vae.decode(z))
 
     def __call__(self, vae, x: torch.Tensor) -> BoundResult:
         raise NotImplementedError
