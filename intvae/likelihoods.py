@@ -164,11 +164,15 @@ class Beta(Likelihood):
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_scale_to_scale(raw: torch.Tensor, sigma_min: float) -> torch.Tensor:
-    """scale = sigma_min + exp(raw), kept within [finfo.tiny, exp(-log finfo.tiny)] (about
-    [1.2e-38, 8.5e37] in float32): a scale of exactly 0 has no interval probability."""
+def _log_scale_to_scale(raw: torch.Tensor, sigma_min: float, var_min: float) -> torch.Tensor:
+    """scale = sigma_min + sqrt(exp(raw)^2 + var_min), with exp(raw) kept within
+    [finfo.tiny, exp(-log finfo.tiny)] (about [1.2e-38, 8.5e37] in float32): a scale of exactly
+    0 has no interval probability. With var_min = 0 the scale is sigma_min + exp(raw)."""
     tiny = torch.finfo(raw.dtype).tiny
-    return sigma_min + torch.exp(raw.clamp(max=-math.log(tiny))).clamp(min=tiny)
+    scale = torch.exp(raw.clamp(max=-math.log(tiny))).clamp(min=tiny)
+    if var_min > 0:
+        scale = torch.hypot(scale, torch.tensor(math.sqrt(var_min), dtype=raw.dtype))
+    return sigma_min + scale
 
 
 class Head:
@@ -181,29 +185,36 @@ class Head:
 
 
 class GaussianHead(Head):
-    """The paper's decoder: loc = sigmoid(net), scale = sigma_min + exp(net).
+    """The paper's decoder: loc = sigmoid(net), scale = sigma_min + sqrt(exp(net)^2 + var_min).
 
-    ``sigma_min`` (default 0) is the "noise in the model" fix the paper argues against; 0 is
-    the paper's own setting.
+    ``sigma_min`` (a floor on the standard deviation) and ``var_min`` (a floor on the variance,
+    the authors' code: 1e-7) are the "noise in the model" fixes the paper argues against; both
+    default to 0, the paper's own setting, where scale = exp(net).
     """
 
     params_per_pixel = 2
 
-    def __init__(self, sigma_min: float = 0.0):
-        self.sigma_min = finite_float("sigma_min", sigma_min, "a finite number >= 0")
-        require("sigma_min", sigma_min, self.sigma_min >= 0, "a finite number >= 0")
+    def __init__(self, sigma_min: float = 0.0, var_min: float = 0.0):
+        for name, value in (("sigma_min", sigma_min), ("var_min", var_min)):
+            require(name, value, finite_float(name, value, "a finite number >= 0") >= 0,
+                    "a finite number >= 0")
+        self.sigma_min = float(sigma_min)
+        self.var_min = float(var_min)
+
+    def _scale(self, raw: torch.Tensor) -> torch.Tensor:
+        return _log_scale_to_scale(raw, self.sigma_min, self.var_min)
 
     def __call__(self, raw):
         mean_raw, scale_raw = raw.chunk(2, dim=-1)
-        return Gaussian(torch.sigmoid(mean_raw), _log_scale_to_scale(scale_raw, self.sigma_min))
+        return Gaussian(torch.sigmoid(mean_raw), self._scale(scale_raw))
 
 
 class LogitNormalHead(GaussianHead):
-    """logit(x) ~ N(net, (sigma_min + exp(net))^2)."""
+    """logit(x) ~ N(net, scale^2), scale as in ``GaussianHead``."""
 
     def __call__(self, raw):
         loc, scale_raw = raw.chunk(2, dim=-1)
-        return LogitNormal(loc, _log_scale_to_scale(scale_raw, self.sigma_min))
+        return LogitNormal(loc, self._scale(scale_raw))
 
 
 class BernoulliHead(Head):

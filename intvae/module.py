@@ -125,10 +125,13 @@ class VAEModule(L.LightningModule):
         hparams: what to record as hyperparameters (the run's resolved config, with the bound
             name, delta, alpha and samples at the top); stored in every checkpoint, where
             ``intvae.evaluate`` reads it to rebuild the model.
+        noise: applied to each training batch (``intvae.noise``); None: clean data.
     """
 
-    def __init__(self, vae: VAE, bound, optimizer: partial, hparams: dict | None = None):
+    def __init__(self, vae: VAE, bound, optimizer: partial, hparams: dict | None = None,
+                 noise: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
+        self.noise = noise
         self.save_hyperparameters(hparams or {})
         self.vae = vae
         self.bound = bound
@@ -153,6 +156,8 @@ class VAEModule(L.LightningModule):
         return result.bound
 
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        if self.noise is not None:
+            x = self.noise(x)
         loss = -self.model_step(x, "train").mean()
         self.last_loss = loss.detach()
         return loss

@@ -80,8 +80,9 @@ def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule) -> dict:
     split = cfg.evaluate.split
     fields = evaluate(vae, instantiate(cfg.interval), datamodule, cfg.evaluate.samples,
                       trainer.strategy.root_device, split, cfg.evaluate.chunk_elements,
-                      cfg.evaluate.limit_batches)
+                      cfg.evaluate.limit_batches, bits_per_dim=cfg.evaluate.bits_per_dim)
     values = {f"{split}/log_likelihood": fields[f"{split}_log_likelihood"],
+              f"{split}/log_likelihood_bins": fields.get(f"{split}_log_likelihood_bins"),
               f"{split}/bits_per_dim": fields["bits_per_dim"]}
     for logger in trainer.loggers:
         logger.log_metrics({k: v for k, v in values.items() if v is not None},
@@ -101,7 +102,9 @@ def train(cfg: DictConfig) -> dict:
     bound = instantiate(cfg.bound)
     vae = build_vae(cfg, datamodule.num_pixels)
     compiled = select_kernels(cfg.compile, lambda: probe(bound, vae))
-    module = VAEModule(vae, bound, instantiate(cfg.optimizer), hyperparameters(cfg, bound))
+    noise = cfg.get("noise")
+    module = VAEModule(vae, bound, instantiate(cfg.optimizer), hyperparameters(cfg, bound),
+                       noise=instantiate(noise) if noise else None)
     callbacks = instantiate_all(cfg.get("callbacks"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks,
                           logger=instantiate_all(cfg.get("logger")) or False)
@@ -113,21 +116,24 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    start = time.perf_counter()
     try:
-        start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         results.update(epochs=trainer.current_epoch, steps=trainer.global_step,
                        fit_seconds=round(time.perf_counter() - start, 1),
                        train_bound=metric(trainer, "train/bound"),
-                       val_bound=metric(trainer, "val/bound"))
+                       val_bound=metric(trainer, "val/bound"),
+                       train_std_min=metric(trainer, "train/std_min"))
         trainer.test(module, datamodule=datamodule)
-        results.update(status="completed", test_bound=metric(trainer, "test/bound"))
+        results.update(status="completed", test_bound=metric(trainer, "test/bound"),
+                       test_std_min=metric(trainer, "test/std_min"))
         if trainer.is_global_zero and cfg.evaluate.enabled:
             results.update(evaluate_run(cfg, trainer, vae, datamodule))
     except NonFiniteError as error:
         results.update(status="stopped", error=str(error))
         raise
     finally:
+        results["wall_seconds"] = round(time.perf_counter() - start, 1)
         results["non_finite_steps"] = None if guard is None else guard.non_finite_steps
         if trainer.is_global_zero:
             results = write_results(output_dir / RESULTS_FILE, results)

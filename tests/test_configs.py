@@ -24,7 +24,7 @@ from intvae.networks import VAE
 from intvae.train import instantiate_all
 
 GROUPS = ("bound", "interval", "likelihood", "model", "data", "trainer", "logger", "callbacks",
-          "experiment", "debug")
+          "experiment", "debug", "noise", "budget")
 
 
 def options(group: str) -> list[str]:
@@ -38,7 +38,7 @@ def test_the_groups_and_their_options():
     assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} == set(GROUPS)
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard", "wandb"]
-    assert {"smoke", "paper_ielbo"} <= set(options("experiment"))
+    assert {"smoke", "paper_ielbo_mnist"} <= set(options("experiment"))
     assert options("debug") == ["default", "fdr"]
 
 
@@ -88,10 +88,10 @@ def test_hydra_launchers_compose(launcher):
 
 
 def test_an_experiment_overrides_the_root_values(compose_train):
-    cfg = compose_train("experiment=paper_ielbo")
+    cfg = compose_train("experiment=paper_ielbo_mnist")
     assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 1000
     assert cfg.trainer.accelerator == "gpu" and cfg.evaluate.samples == 5000
-    cfg = compose_train("experiment=paper_irelbo")
+    cfg = compose_train("experiment=paper_irelbo_mnist")
     assert cfg.samples == 1 and cfg.bound._target_ == "intvae.bounds.IRELBO"
     assert cfg.model.hidden == [200] and cfg.model.activation == "relu"
 

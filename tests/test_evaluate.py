@@ -61,8 +61,10 @@ def test_evaluate_a_tiny_checkpoint(tiny_run):
     assert "test_log_likelihood" not in before
     results = ev.main([f"run={tiny_run}", "samples=6", "compile=false"])
     assert results["k"] == 6 and results["eval_images"] == 32
-    assert results["log_likelihood_kind"] == "interval" and results["bits_per_dim"] is None
+    assert results["log_likelihood_kind"] == "interval"
     assert math.isfinite(results["test_log_likelihood"])
+    assert results["bits_per_dim"] == pytest.approx(
+        -results["test_log_likelihood_bins"] / (784 * math.log(2)))
     saved = json.loads((tiny_run / "results.json").read_text())
     assert saved == results and saved["val_bound"] == before["val_bound"]
     best = tiny_run / "checkpoints" / "best.ckpt"

@@ -322,6 +322,20 @@ def test_beta_head(raw):
     assert torch.all(tiny.dist.concentration1 > 0) and torch.all(tiny.dist.concentration0 > 0)
 
 
+@pytest.mark.parametrize("head_cls", [GaussianHead, LogitNormalHead])
+def test_variance_floor(head_cls):
+    """var_min (the authors' 1e-7): scale^2 = exp(raw)^2 + var_min, checked in float64 against
+    the formula, including where exp(raw)^2 underflows and where var_min is negligible."""
+    raw_scale = torch.tensor([-1e4, -50.0, -8.0, 0.0, 30.0], dtype=torch.float64)
+    raw = torch.cat([torch.zeros_like(raw_scale), raw_scale])
+    scale = head_cls(var_min=1e-7)(raw).scale
+    expected = [math.sqrt(math.exp(2 * r) + 1e-7) if r > -300 else math.sqrt(1e-7)
+                for r in raw_scale.tolist()]
+    torch.testing.assert_close(scale, torch.tensor(expected, dtype=torch.float64))
+    with pytest.raises(ValueError, match="var_min=-1 is invalid"):
+        head_cls(var_min=-1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("head_cls", [GaussianHead, LogitNormalHead])
 def test_scale_floor_is_respected(head_cls, dtype):

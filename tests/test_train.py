@@ -42,8 +42,14 @@ def test_a_run_writes_its_outputs(compose_train, tmp_path):
     run = tmp_path / "run"
     expected = {"bound": "ielbo", "delta": 0.01, "alpha": 2.0, "samples": 2, "epochs": 2,
                 "steps": 4, "non_finite_steps": 0, "k": 4, "eval_images": 32,
-                "bits_per_dim": None, "status": "completed"}
+                "status": "completed"}
     assert {k: results[k] for k in expected} == expected
+    # delta = 0.01 overlaps the neighbouring levels: bits/dim come from a second evaluation
+    # under the 8-bit bins, whose P(I) <= 1 per pixel.
+    assert results["bits_per_dim"] == pytest.approx(
+        -results["test_log_likelihood_bins"] / (784 * 0.6931471805599453))
+    assert results["test_log_likelihood_bins"] < 0
+    assert results["test_std_min"] > 0 and results["wall_seconds"] > 0
     assert results["test_log_likelihood"] >= results["test_bound"] - 50  # IW_4 vs 2-sample bound
     assert (run / "config.yaml").read_text().count("delta: 0.01") >= 2  # resolved
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "best.ckpt"}
@@ -71,9 +77,13 @@ def test_bits_per_dim_where_the_intervals_are_discrete(compose_train, tmp_path):
     results = train(compose_train(*TINY, "delta=0.0019", "debug=fdr"))
     assert results["bits_per_dim"] == pytest.approx(
         -results["test_log_likelihood"] / (784 * 0.6931471805599453))
+    assert "test_log_likelihood_bins" not in results  # no second evaluation needed
     results = train(compose_train(*TINY, "interval=bins", "debug=fdr",
                                   output_dir=tmp_path / "bins"))
     assert results["bits_per_dim"] > 0
+    results = train(compose_train(*TINY, "evaluate.bits_per_dim=false", "debug=fdr",
+                                  output_dir=tmp_path / "off"))
+    assert results["bits_per_dim"] is None and "test_log_likelihood_bins" not in results
 
 
 def test_density_log_likelihood_without_intervals(compose_train):
