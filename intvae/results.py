@@ -1,11 +1,15 @@
 """``results.json``: a run's summary, written atomically and never with a silent NaN.
 
 Fields written by ``intvae.train`` (nats per image unless stated): ``bound``, ``delta``,
-``alpha``, ``samples``, ``epochs``, ``steps``, ``train_bound``, ``val_bound``, ``test_bound``,
+``alpha``, ``samples``, ``epochs``, ``steps``, ``fit_seconds``, ``wall_seconds``,
+``train_bound``, ``val_bound``, ``test_bound``, ``train_std_min`` and ``test_std_min`` (the
+decoder's smallest standard deviation over the last training epoch and the test set),
 ``non_finite_steps``, ``status``; after the evaluation (``intvae.evaluate``):
 ``test_log_likelihood`` (log P(I) estimated with ``k`` importance samples),
-``log_likelihood_kind``, ``k``, ``eval_images`` and ``bits_per_dim`` (null unless the intervals
-make P(I) a discrete likelihood, ``../shared/spec/bounds.md`` section 8).
+``log_likelihood_kind``, ``k``, ``eval_images``, ``test_log_likelihood_bins`` (log P under the
+8-bit bins, when the run's own intervals are not already a discrete likelihood) and
+``bits_per_dim`` (of the discrete likelihood, ``../shared/spec/bounds.md`` section 8; null for
+a density-only decoder).
 
 JSON has no NaN: a non-finite number is written as null and its key listed in
 ``non_finite_fields``, so that a diverged value is visible instead of silently missing.

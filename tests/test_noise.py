@@ -36,3 +36,31 @@ def test_gaussian_noise_has_the_requested_std():
 def test_bad_settings_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_the_module_adds_noise_to_training_batches_only():
+    """VAEModule applies the noise to what training sees; validation sees the clean data."""
+    from functools import partial
+
+    from intvae.bounds import ELBO
+    from intvae.likelihoods import GaussianHead
+    from intvae.module import VAEModule
+    from intvae.networks import VAE
+
+    seen = []
+
+    class Recorder(ELBO):
+        def __call__(self, vae, x):
+            seen.append((torch.is_grad_enabled(), x.clone()))
+            return super().__call__(vae, x)
+
+    torch.manual_seed(0)
+    module = VAEModule(VAE(4, GaussianHead(), hidden=[4], latent=2), Recorder(),
+                       partial(torch.optim.Adam, lr=1e-3), noise=GaussianNoise(std=0.1))
+    x = torch.full((3, 4), 0.5)
+    module.training_step(x, 0)
+    with torch.no_grad():
+        module.validation_step(x, 0)
+    (train_grad, train_x), (val_grad, val_x) = seen
+    assert train_grad and not val_grad
+    assert not torch.equal(train_x, x) and torch.equal(val_x, x)
