@@ -33,38 +33,103 @@ class NonFiniteGuard(L.Callback):
     weights stay finite and the last checkpoint is the last good one. Either way no
     checkpoint with non-finite weights is ever written.
 
-    The check reads one boolean from the device per step: the one host synchronization a
-    decision to skip an update needs. Under DDP the gradients are already averaged over the
-    ranks, so all ranks decide alike. Meant for precision 32-true or bf16: with 16-mixed the
-    gradient scaler's own overflow steps would be counted too.
+    No host synchronization per step in ``skip`` mode with an optimizer that can skip a step on
+    the device (``fused=True`` Adam, AdamW, SGD, Adagrad: ``VAEModule`` builds Adam and AdamW
+    fused): the check runs on the device and is handed to the optimizer as its ``found_inf``
+    flag (the mechanism of ``torch.amp.GradScaler``), whose fused kernel then leaves the
+    weights, moments and step count as they were. The count, and the first and last skipped
+    step with their quantity, stay on the device until read: once per epoch (the warning and
+    ``train/non_finite_steps``), at a checkpoint and by ``non_finite_steps``. With other
+    optimizers, and in ``stop`` mode (which must raise before the update), the check reads one
+    boolean per step. Under DDP the gradients are already averaged over the ranks, so all ranks
+    decide alike. Meant for precision 32-true or bf16: with 16-mixed the gradient scaler owns
+    ``found_inf``.
     """
+
+    LOSS, GRADIENT = 1, 2  # codes of the quantity, kept on the device
 
     def __init__(self, mode: str = "skip"):
         if mode not in ("skip", "stop"):
             raise ValueError(f"guard.mode={mode!r} is invalid: guard.mode must be skip or stop")
         self.mode = mode
-        self.non_finite_steps = 0
+        self._count: torch.Tensor | int = 0  # skipped steps, a device tensor once counting
+        self._first = self._last = None  # (step, quantity code) tensors of skipped steps
+        self._reported = 0  # skipped steps already reported in a warning
+
+    @property
+    def non_finite_steps(self) -> int:
+        """The number of skipped updates (reads the device counter)."""
+        return int(self._count)
+
+    @non_finite_steps.setter
+    def non_finite_steps(self, value: int) -> None:
+        self._count, self._reported = int(value), int(value)
+        self._first = self._last = None
+
+    @staticmethod
+    def on_device_skip(optimizer) -> bool:
+        """Whether ``optimizer`` skips its step on the device when given ``found_inf``."""
+        return bool(getattr(optimizer, "_step_supports_amp_scaling", False)
+                    and optimizer.defaults.get("fused"))
+
+    def _flags(self, pl_module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(all finite, quantity code of the first non-finite one) as device tensors."""
+        loss = pl_module.last_loss
+        # The sum of a gradient is nan or inf where an element is (and, far beyond the
+        # numerics' saturation, where the sum overflows): one cheap pass per parameter.
+        sums = [p.grad.sum() for p in pl_module.parameters() if p.grad is not None]
+        grads_ok = torch.stack(sums).isfinite().all() if sums else torch.tensor(True)
+        loss_ok = torch.isfinite(loss) if loss is not None else torch.ones_like(grads_ok)
+        code = torch.where(loss_ok, self.GRADIENT, self.LOSS)
+        return grads_ok & loss_ok, code
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        loss = pl_module.last_loss
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]
-                             + ([torch.isfinite(loss)] if loss is not None else []))
-        if bool(finite.all()):
+        finite, code = self._flags(pl_module)
+        if self.mode == "skip" and self.on_device_skip(optimizer):
+            bad = ~finite
+            optimizer.found_inf = bad.to(torch.float32)
+            step = torch.full((), trainer.global_step, device=bad.device)  # no copy to wait on
+            record = torch.stack([step, code.to(step.dtype)])
+            first = self._first if self._first is not None else torch.full_like(record, -1)
+            self._first = torch.where(bad & (first[0] < 0), record, first)
+            self._last = torch.where(bad, record, self._last if self._last is not None
+                                     else torch.full_like(record, -1))
+            self._count = self._count + bad.long()
             return
-        quantity = "loss" if loss is not None and not bool(finite[-1]) else "gradient"
-        where = (f"non-finite {quantity} in run {trainer.default_root_dir} at step "
-                 f"{trainer.global_step} (epoch {trainer.current_epoch})")
+        if bool(finite):
+            return
+        where = self._describe(trainer, trainer.global_step, int(code))
         if self.mode == "stop":
             raise NonFiniteError(f"{where}; stopped (guard.mode=stop) before the update: the "
                                  "last checkpoint holds the last good weights")
-        self.non_finite_steps += 1
+        self._count = self._count + 1
+        self._reported += 1
         log.warning("%s; update skipped (%d so far)", where, self.non_finite_steps)
         for p in pl_module.parameters():
             p.grad = None
 
+    @classmethod
+    def _describe(cls, trainer, step: int, code: int) -> str:
+        quantity = "loss" if code == cls.LOSS else "gradient"
+        return (f"non-finite {quantity} in run {trainer.default_root_dir} at step {step} "
+                f"(epoch {trainer.current_epoch})")
+
+    def _report(self, trainer) -> None:
+        """Warn about the updates skipped on the device since the last report (one read)."""
+        count = self.non_finite_steps
+        if count > self._reported and self._first is not None:
+            first, last = self._first.tolist(), self._last.tolist()
+            log.warning("%s; update skipped (%d so far; last at step %d)",
+                        self._describe(trainer, *first), count, last[0])
+            self._first = None
+        self._reported = count
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer)
         pl_module.log("train/non_finite_steps", float(self.non_finite_steps))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._report(trainer)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         bad = [name for name, value in checkpoint["state_dict"].items()
@@ -89,6 +154,10 @@ class Figures(L.Callback):
     and sent to the W&B and TensorBoard loggers (images and a histogram)."""
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 10, num_prior_samples: int = 64):
+        for key, value in (("every_n_epochs", every_n_epochs), ("num_images", num_images),
+                           ("num_prior_samples", num_prior_samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}={value!r} is invalid: {key} must be an integer >= 1")
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.num_prior_samples = num_prior_samples

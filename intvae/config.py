@@ -12,8 +12,14 @@ Resolvers registered here (importing ``intvae.config`` registers them):
   null; the W&B group, so that the runs of one sweep share a group.
 * ``${intvae.run_name:}``: the job's ``override_dirname`` (e.g. ``bound=irelbo,delta=0.01``),
   else null.
+* ``${intvae.run_id:<output_dir>}``: the W&B run id of a run directory (``run_id``): every attempt
+  of a run (resumed, requeued) logs into one W&B run.
+* ``${intvae.gpu_count:}``: the number of GPUs a parallel sweep may use
+  (``intvae.launch.gpu_count``), the ``n_jobs`` of ``hydra/launcher=joblib_gpus``.
 """
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from intvae.data.errors import DataUnavailableError
+from intvae.launch import gpu_count
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -67,9 +74,33 @@ def run_name() -> str | None:
     return HydraConfig.get().job.override_dirname or None
 
 
+OVERWRITTEN = "overwritten"
+"""The folder of a run directory that ``overwrite=true`` moves earlier runs into
+(``intvae.resume``)."""
+
+
+def overwritten_runs(output_dir: str | os.PathLike[str]) -> int:
+    """How many runs ``overwrite=true`` moved aside in ``output_dir``."""
+    folder = Path(output_dir) / OVERWRITTEN
+    return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+
+
+def run_id(output_dir: str | os.PathLike[str]) -> str:
+    """The W&B run id of the run in ``output_dir``: 16 hex digits of the sha256 of its absolute
+    path (with the number of runs ``overwrite=true`` moved aside, so that a run started again
+    gets a new id): the same for every attempt of a run, on every node that sees the directory
+    under the same path."""
+    path = Path(output_dir).expanduser().resolve()
+    generation = overwritten_runs(path)
+    key = str(path) if generation == 0 else f"{path}#{generation}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 OmegaConf.register_new_resolver("intvae.run_dir", run_dir, replace=True)
 OmegaConf.register_new_resolver("intvae.sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("intvae.run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("intvae.run_id", run_id, replace=True)
+OmegaConf.register_new_resolver("intvae.gpu_count", gpu_count, replace=True)
 
 
 def requested_devices(devices) -> int:
@@ -82,14 +113,64 @@ def requested_devices(devices) -> int:
     return devices if isinstance(devices, int) else len(devices)
 
 
-def check_no_ddp_in_multirun(devices) -> None:
+def ranks_started_by_slurm(devices: int, num_nodes: int = 1) -> bool:
+    """Whether Slurm (srun) started this job's DDP ranks: one task per device, as Lightning's
+    ``SLURMEnvironment`` expects; then Lightning does not relaunch the command line."""
+    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash",
+                                                                                 "interactive"):
+        return False
+    return int(os.environ["SLURM_NTASKS"]) == devices * num_nodes
+
+
+def check_no_ddp_in_multirun(devices, num_nodes: int = 1) -> None:
     """Refuse several devices per job in a Hydra multirun: Lightning's DDP relaunches the whole
     command line per rank, so every rank would start the whole sweep again
-    (``ecosystem-pitfalls.md`` section 1)."""
-    if in_multirun() and requested_devices(devices) > 1:
-        raise ConfigError(f"trainer.devices={devices} is invalid with -m/--multirun: DDP "
-                          "relaunches the command per rank and would rerun the whole sweep; run "
-                          "one device per job (trainer.devices=1), or DDP without -m")
+    (``ecosystem-pitfalls.md`` section 1). Allowed where Slurm started the ranks
+    (``hydra/launcher=slurm`` with ``tasks_per_node`` = ``gpus_per_node`` = ``trainer.devices``)."""
+    count = requested_devices(devices)
+    if in_multirun() and count > 1 and not ranks_started_by_slurm(count, num_nodes):
+        raise ConfigError(
+            f"trainer.devices={devices} is invalid with -m/--multirun: DDP relaunches the command "
+            "per rank and would rerun the whole sweep; instead sweep with one GPU per job "
+            "(trainer=gpu hydra/launcher=joblib_gpus), run each DDP run without -m (trainer=ddp "
+            f"trainer.devices={devices}), or on Slurm let srun start the ranks (hydra/launcher="
+            f"slurm hydra.launcher.tasks_per_node={count} hydra.launcher.gpus_per_node={count})")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_root_keys(cfg) -> None:
+    """Check the root keys the app reads itself (the groups check theirs when instantiated):
+    ``seed``, ``threads``, ``compile`` and ``evaluate.*``; a ``ConfigError`` names the key."""
+    checks = [
+        ("seed", cfg.get("seed"), _is_int(cfg.get("seed")) and 0 <= cfg.seed < 2**32,
+         "an integer in [0, 2**32)"),
+        ("threads", cfg.get("threads"),
+         cfg.get("threads") is None or (_is_int(cfg.threads) and cfg.threads >= 1),
+         "an integer >= 1 or null"),
+        ("compile", cfg.get("compile"), isinstance(cfg.get("compile"), bool), "true or false"),
+    ]
+    evaluation = cfg.get("evaluate") or {}
+    checks += [
+        ("evaluate.enabled", evaluation.get("enabled"),
+         isinstance(evaluation.get("enabled"), bool), "true or false"),
+        ("evaluate.split", evaluation.get("split"), evaluation.get("split") in ("test", "val"),
+         "test or val"),
+        ("evaluate.chunk_elements", evaluation.get("chunk_elements"),
+         _is_int(evaluation.get("chunk_elements")) and evaluation.chunk_elements >= 1,
+         "an integer >= 1"),
+        ("evaluate.limit_batches", evaluation.get("limit_batches"),
+         evaluation.get("limit_batches") is None
+         or (_is_int(evaluation.limit_batches) and evaluation.limit_batches >= 1),
+         "an integer >= 1 or null"),
+        ("evaluate.bits_per_dim", evaluation.get("bits_per_dim"),
+         isinstance(evaluation.get("bits_per_dim"), bool), "true or false"),
+    ]
+    for key, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is invalid: {key} must be {allowed}")
 
 
 def describe(error: BaseException) -> str:

@@ -19,10 +19,15 @@ at most ``chunk_elements`` = K_chunk * batch * pixels decoder outputs, which bou
         [bits_per_dim=false]
 
 evaluates ``<dir>/checkpoints/last.ckpt`` (or the given checkpoint) and adds the result to the
-run's ``results.json``.
+run's ``results.json``. Checkpoints are read with ``weights_only=True`` (``intvae.checkpoints``):
+a corrupt, truncated or malicious file ends the program with one line naming it.
 """
 
+# isort: off
+import intvae.tool_caches  # noqa: F401  (first: keeps the tools' caches in intvae's cache folder)
+# isort: on
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +38,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from intvae.bounds import IWAE, IWIELBO
+from intvae.checkpoints import read_checkpoint
 from intvae.config import USER_ERRORS, ConfigError, describe
 from intvae.intervals import Bins
 from intvae.module import build_vae, select_kernels
@@ -62,12 +68,56 @@ def likelihood_kind(vae: VAE) -> str:
     return "interval" if likelihood.has_interval else "density"
 
 
+# Peak memory per decoder output (K_chunk * batch * pixels) of one chunk of the evaluation,
+# measured by benchmarks/evaluation.py (peak RSS over the chunk size, paper network, float32,
+# compiled and eager kernels; the larger) with room to spare; "auto" sizes a chunk to use at
+# most AUTO_MEMORY_FRACTION of the memory available now, within AUTO_CHUNK_RANGE.
+BYTES_PER_CHUNK_ELEMENT = 160
+AUTO_MEMORY_FRACTION = 0.25
+AUTO_CHUNK_RANGE = {"cpu": (2**16, 2**23), "cuda": (2**16, 2**28)}
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes of memory available now: free GPU memory on a CUDA device
+    (``torch.cuda.mem_get_info``), else the host's MemAvailable (/proc/meminfo, or free
+    physical pages where that file is missing)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def resolve_chunk_elements(chunk_elements, device: torch.device) -> int:
+    """Decoder outputs per chunk: ``chunk_elements``, or for ``auto`` a size from the memory
+    available on ``device`` (``AUTO_MEMORY_FRACTION`` of it at ``BYTES_PER_CHUNK_ELEMENT`` per
+    output, clamped to ``AUTO_CHUNK_RANGE``: on a CPU larger chunks are no faster)."""
+    if chunk_elements == "auto":
+        low, high = AUTO_CHUNK_RANGE.get(device.type, AUTO_CHUNK_RANGE["cuda"])
+        budget = AUTO_MEMORY_FRACTION * available_memory(device) / BYTES_PER_CHUNK_ELEMENT
+        return int(min(max(budget, low), high))
+    if not isinstance(chunk_elements, int) or isinstance(chunk_elements, bool) \
+            or chunk_elements < 1:
+        raise ConfigError(f"evaluate.chunk_elements={chunk_elements!r} is invalid: it must be "
+                          "an integer >= 1 or auto")
+    return chunk_elements
+
+
 @torch.no_grad()
 def log_likelihood(vae, interval, batches: list[torch.Tensor], samples: int,
-                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                   chunk_elements: int | str = DEFAULT_CHUNK_ELEMENTS,
                    progress: bool = True) -> torch.Tensor:
     """Per-image estimates (float64, nats) of log P(I) with K = ``samples`` (of log p(x) if
-    ``interval`` is None) for ``batches`` of images on the model's device."""
+    ``interval`` is None) for ``batches`` of images on the model's device, drawing the K
+    samples of a batch in chunks of at most ``chunk_elements`` decoder outputs (``auto``:
+    sized from the memory available, ``resolve_chunk_elements``)."""
+    if batches:
+        chunk_elements = resolve_chunk_elements(chunk_elements, batches[0].device)
     values = []
     name = "p(x)" if interval is None else "P(I)"
     with tqdm(total=sum(len(x) for x in batches), unit="img", disable=not progress,
@@ -101,7 +151,7 @@ def evaluate(vae: VAE, interval, datamodule, samples, device: torch.device,
         raise ConfigError(f"split={split!r} is invalid: split must be test or val")
     k = resolve_samples(samples, device)
     datamodule.setup("test" if split == "test" else "validate")
-    loader = getattr(datamodule, f"{split}_dataloader")()
+    loader = datamodule.whole_split(split)  # never a DDP rank's shard
     batches = [x.to(device) for x in list(loader)[:limit_batches]]
     kind = likelihood_kind(vae.to(device))
     start = time.perf_counter()
@@ -140,10 +190,12 @@ def find_checkpoint(run: str | Path) -> tuple[Path, Path]:
 def load_checkpoint(ckpt: Path) -> tuple[dict, dict]:
     """The checkpoint (tensors on the CPU) and the run's resolved config it carries.
 
-    A run's own Lightning checkpoint is unpickled in full: load only trusted files."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = checkpoint.get("hyper_parameters", {}).get("config")
-    if config is None:
+    Loaded with ``weights_only=True`` (``intvae.checkpoints.read_checkpoint``): a corrupt or
+    truncated file, or one holding anything but tensors and plain containers, is refused with a
+    one-line ``ConfigError`` naming it, and nothing in it runs."""
+    checkpoint = read_checkpoint(ckpt, "run")
+    config = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if not isinstance(config, dict):
         raise ConfigError(f"run={ckpt} is invalid: the checkpoint carries no intvae config")
     return checkpoint, config
 

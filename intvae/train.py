@@ -12,11 +12,19 @@ are in ``conf/`` (root ``conf/train.yaml``). Each run writes into its own output
 * ``figures/``: reconstruction grids, prior samples, decoder-std histograms;
 * ``results.json`` (``intvae.results``).
 
-``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run in its own directory. Invalid
-settings end the program with status 1 and one line ``error: <key>: <what is wrong>``
-(``HYDRA_FULL_ERROR=1``: the traceback instead).
+``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run in its own directory; an unfinished
+run in the output directory (killed, preempted, a requeued Slurm job) is resumed from its
+``last.ckpt`` (``resume=auto``), exactly (``intvae.resume``); a finished one is never written
+over (unless ``overwrite=true``). ``trainer=ddp trainer.devices=N`` trains one run on N devices;
+the final evaluation runs on rank 0 over the whole split. Parallel sweeps with one GPU per job
+and Slurm: ``intvae.launch``. Invalid settings end the program with status 1 and one line
+``error: <key>: <what is wrong>`` (``HYDRA_FULL_ERROR=1``: the traceback instead); every checked
+key and its message: ``docs/configuration.md``.
 """
 
+# isort: off
+import intvae.tool_caches  # noqa: F401  (first: keeps the tools' caches in intvae's cache folder)
+# isort: on
 import logging
 import os
 import sys
@@ -35,12 +43,15 @@ from intvae.config import (
     USER_ERRORS,
     ConfigError,
     check_no_ddp_in_multirun,
+    check_root_keys,
     describe,
     require_conf_dir,
 )
 from intvae.evaluate import evaluate, resolve_samples
+from intvae.launch import trainer_plugins
 from intvae.module import VAEModule, build_vae, select_kernels
 from intvae.results import RESULTS_FILE, write_results
+from intvae.resume import EpochSeeds, start_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +86,9 @@ def metric(trainer: L.Trainer, key: str) -> float | None:
 
 
 def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule) -> dict:
-    """The log-likelihood of ``cfg.evaluate.split`` (``intvae.evaluate``), on one device, also
-    sent to the loggers."""
+    """The log-likelihood of ``cfg.evaluate.split`` (``intvae.evaluate``), on one device over the
+    whole split (in a DDP run: on rank 0, while the other ranks are done), also sent to the
+    loggers."""
     split = cfg.evaluate.split
     fields = evaluate(vae, instantiate(cfg.interval), datamodule, cfg.evaluate.samples,
                       trainer.strategy.root_device, split, cfg.evaluate.chunk_elements,
@@ -93,11 +105,16 @@ def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Train, test and evaluate the run ``cfg`` describes; return its results."""
-    check_no_ddp_in_multirun(cfg.trainer.devices)
+    check_no_ddp_in_multirun(cfg.trainer.devices, cfg.trainer.get("num_nodes") or 1)
+    check_root_keys(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    # Before anything is written: refuse a finished run in output_dir, find the checkpoint to
+    # resume from and check that it can be read (intvae.resume).
+    ckpt_path = start_checkpoint(output_dir, cfg.get("ckpt_path"), cfg.get("resume", "auto"),
+                                 cfg.get("overwrite", False))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
     bound = instantiate(cfg.bound)
     vae = build_vae(cfg, datamodule.num_pixels)
@@ -105,20 +122,22 @@ def train(cfg: DictConfig) -> dict:
     noise = cfg.get("noise")
     module = VAEModule(vae, bound, instantiate(cfg.optimizer), hyperparameters(cfg, bound),
                        noise=instantiate(noise) if noise else None)
-    callbacks = instantiate_all(cfg.get("callbacks"))
+    callbacks = [*instantiate_all(cfg.get("callbacks")), EpochSeeds(cfg.seed)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                          logger=instantiate_all(cfg.get("logger")) or False)
+                          logger=instantiate_all(cfg.get("logger")) or False,
+                          **trainer_plugins(cfg.trainer))
     guard = next((c for c in callbacks if isinstance(c, NonFiniteGuard)), None)
     resolve_samples(cfg.evaluate.samples, trainer.strategy.root_device)  # refuse a bad K now
     results = {"bound": bound.name, "delta": cfg.delta, "alpha": cfg.alpha,
                "samples": cfg.samples, "output_dir": str(output_dir), "status": "failed",
-               "compiled_kernels": compiled}
+               "compiled_kernels": compiled, "resumed_from": ckpt_path,
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         results.update(epochs=trainer.current_epoch, steps=trainer.global_step,
                        fit_seconds=round(time.perf_counter() - start, 1),
                        train_bound=metric(trainer, "train/bound"),
@@ -131,6 +150,9 @@ def train(cfg: DictConfig) -> dict:
             results.update(evaluate_run(cfg, trainer, vae, datamodule))
     except NonFiniteError as error:
         results.update(status="stopped", error=str(error))
+        raise
+    except (KeyboardInterrupt, SystemExit):  # e.g. submitit's requeue on a Slurm time limit
+        results.update(status="interrupted")
         raise
     finally:
         results["wall_seconds"] = round(time.perf_counter() - start, 1)

@@ -35,7 +35,7 @@ CASES = [(group, option) for group in GROUPS for option in options(group)]
 
 
 def test_the_groups_and_their_options():
-    assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} == set(GROUPS)
+    assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} == {*GROUPS, "hydra"}
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard", "wandb"]
     assert {"smoke", "paper_ielbo_mnist"} <= set(options("experiment"))

@@ -127,6 +127,12 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> IndexBatches:
         return self._batches("test", self.eval_batch_size, train=False)
 
+    def whole_split(self, split: str) -> IndexBatches:
+        """All of ``split`` (``val`` or ``test``) in order, never sharded over DDP ranks: for the
+        exact evaluation on one device (``intvae.evaluate``), also on rank 0 of a DDP run."""
+        return IndexBatches(self._loaded(split), self.eval_batch_size, train=False,
+                            seed=self.seed)
+
     def _loaded(self, split: str) -> torch.Tensor | EpochData:
         if split not in self._splits:
             raise RuntimeError(f"the {split} split is not loaded: call setup() first")

@@ -1,0 +1,240 @@
+"""Launchers (``intvae.launch``, ``conf/hydra/launcher/``): parallel sweeps with one GPU per
+worker process (fake GPU ids on the CPU), and Slurm through submitit without a cluster: the
+sbatch script the real launcher writes, and a job preempted by submitit's own signal handler,
+requeued, resumed from its ``last.ckpt`` into the same W&B run."""
+
+import json
+import os
+import pickle
+import re
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from conftest import TINY
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from intvae import launch
+from intvae.config import CONF_DIR, run_id
+from intvae.launch import PinGPUs, ProcessGPU, parse_gpus, visible_gpus
+from intvae.train import main
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def launcher_config(launcher: str, *overrides: str):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"hydra/launcher={launcher}", *overrides],
+                          return_hydra_config=True)
+        return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# ------------------------------------------------------------------ one GPU per job
+
+
+def test_joblib_gpus_runs_one_worker_per_gpu(monkeypatch):
+    monkeypatch.setenv("INTVAE_GPUS", "0,1,3")
+    launcher = launcher_config("joblib_gpus")
+    assert launcher["_target_"] == JOBLIB and launcher["n_jobs"] == 3
+
+
+def test_gpu_ids(monkeypatch):
+    assert parse_gpus("0, 1") == ["0", "1"] and parse_gpus([2, 3]) == ["2", "3"]
+    assert parse_gpus(None) is None and parse_gpus("GPU-8a1b") == ["GPU-8a1b"]
+    with pytest.raises(ValueError, match=r"hydra.callbacks.pin_gpus.gpus='0,cuda:1' is invalid: "
+                                         r"GPU ids must be indexes or UUIDs"):
+        parse_gpus("0,cuda:1")
+    monkeypatch.setenv("INTVAE_GPUS", "4,5")
+    assert visible_gpus() == ["4", "5"]
+    monkeypatch.delenv("INTVAE_GPUS")
+    monkeypatch.setattr(launch, "_INHERITED_VISIBLE", "2,7")
+    assert visible_gpus() == ["2", "7"]
+    monkeypatch.setattr(launch, "_INHERITED_VISIBLE", None)
+    monkeypatch.setenv("PATH", "")  # no nvidia-smi
+    assert visible_gpus() == [] and launch.gpu_count() == 1
+
+
+def test_one_gpu_per_worker_process(monkeypatch, tmp_path):
+    """Each ``ProcessGPU`` stands for one worker process (flock locks of separate open files
+    exclude each other within one process too)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "restored after the test")
+    gpus = ["0", "1"]
+    a, b, c = ProcessGPU(), ProcessGPU(), ProcessGPU()
+    assert a.pin(gpus, 0, tmp_path) == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert a.pin(gpus, 1, tmp_path) == "0"  # the worker's next job: the same GPU
+    assert b.pin(gpus, 2, tmp_path) == "1"  # job 2 prefers GPU 0, held by worker a
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert c.pin(gpus, 3, tmp_path) == "1"  # more workers than GPUs: shares, with a warning
+    a.release()
+    assert ProcessGPU().pin(gpus, 1, tmp_path) == "0"  # a's GPU is free once it exits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-0.lock", "gpu-1.lock"]
+
+
+def job_config(tmp_path, mode=RunMode.MULTIRUN, target=JOBLIB, num=3):
+    return OmegaConf.create({"hydra": {"mode": mode, "launcher": {"_target_": target},
+                                       "job": {"num": num}, "sweep": {"dir": str(tmp_path)}}})
+
+
+def test_the_pin_callback_acts_in_sweeps_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "untouched")
+    monkeypatch.setenv("INTVAE_GPUS", "0,1")
+    monkeypatch.setattr(launch, "PROCESS_GPU", ProcessGPU())
+    PinGPUs().on_job_start(job_config(tmp_path, mode=RunMode.RUN))  # a DDP rank, a single run
+    PinGPUs().on_job_start(job_config(tmp_path, target="BasicLauncher"))  # no gpus given
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "untouched"
+    PinGPUs().on_job_start(job_config(tmp_path, num=3))  # joblib: INTVAE_GPUS, job 3 -> GPU 1
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setattr(launch, "PROCESS_GPU", ProcessGPU())
+    PinGPUs(gpus="5,6").on_job_start(job_config(tmp_path / "b", target="BasicLauncher", num=0))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_a_joblib_sweep_pins_each_worker_to_its_own_gpu(monkeypatch, app_env, tmp_path):
+    """``python -m intvae.train -m hydra/launcher=joblib_gpus seed=0,1,2,3`` (here in this
+    process; the jobs run in two loky worker processes), fake GPU ids 0 and 1: every job
+    records the GPU it saw (``results.json`` and its log); a worker keeps one GPU for all its
+    jobs (CUDA could not switch), the two workers never share one, and with the jobs
+    alternating between the workers (their usual order) jobs 0..3 get 0, 1, 0, 1. The sweep's
+    own process is not pinned."""
+    monkeypatch.setenv("INTVAE_GPUS", "0,1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "the sweep's own")
+    monkeypatch.setattr(launch, "_INHERITED_VISIBLE", None)
+    sweep = tmp_path / "sweep"
+    monkeypatch.setattr(sys, "argv", ["intvae.train", "-m", "hydra/launcher=joblib_gpus",
+                                      "seed=0,1,2,3", *TINY, "evaluate.enabled=false",
+                                      f"hydra.sweep.dir={sweep}"])
+    main()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "the sweep's own"
+    line = re.compile(r"job (\d+): CUDA_VISIBLE_DEVICES=(\S+) \(worker process (\d+)\)")
+    gpus, workers = [], {}
+    for job in range(4):
+        results = json.loads((sweep / str(job) / "results.json").read_text())
+        assert results["status"] == "completed" and results["cuda_visible_devices"] in ("0", "1")
+        found = line.findall((sweep / str(job) / "train.log").read_text())
+        assert len(found) == 1 and found[0][:2] == (str(job), results["cuda_visible_devices"])
+        gpus.append(results["cuda_visible_devices"])
+        workers.setdefault(found[0][2], []).append((job, found[0][1]))
+    for jobs in workers.values():
+        assert len({gpu for _, gpu in jobs}) == 1, workers  # no job changed a worker's GPU
+    assert len({jobs[0][1] for jobs in workers.values()}) == len(workers), workers  # no sharing
+    if sorted(job for job, _ in next(iter(workers.values()))) in ([0, 2], [1, 3]):
+        assert gpus == ["0", "1", "0", "1"]
+    assert {p.name for p in (sweep / ".gpu_locks").iterdir()} <= {"gpu-0.lock", "gpu-1.lock"}
+
+
+# ------------------------------------------------------------------ Slurm
+
+
+def test_the_slurm_launcher_settings():
+    launcher = launcher_config("slurm", "hydra.sweep.dir=/sweep")
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    expected = {"gpus_per_node": 1, "tasks_per_node": 1, "timeout_min": 240,
+                "signal_delay_s": 120, "max_num_timeout": 10, "partition": None,
+                "submitit_folder": "/sweep/.submitit/%j"}
+    assert {k: launcher[k] for k in expected} == expected
+
+
+class PreemptOnce(L.Callback):
+    """Sends this process ``USR2`` (what Slurm sends ``signal_delay_s`` before the time limit,
+    or on preemption) at the start of epoch 1 of job 0, once: submitit's handler then
+    checkpoints the job (the launcher's ``checkpoint()``), requeues it and exits."""
+
+    def __init__(self, marker: str):
+        self.marker = Path(marker)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1 and HydraConfig.get().job.num == 0 \
+                and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+SLURM_ENV = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_JOB_ID": "4243",
+             "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+             "SLURM_JOB_NODELIST": "localhost", "SLURM_NODELIST": "localhost",
+             "SLURM_JOB_NAME": "train"}
+
+
+def test_slurm_submission_preemption_and_requeue(monkeypatch, app_env, tmp_path):
+    """``python -m intvae.train -m hydra/launcher=slurm ...`` through the real Hydra submitit
+    launcher and submitit, with ``sbatch`` replaced by an echo of a job id and each array task
+    run here as the node would run it (``submitit.core.submission.process_job`` with Slurm's
+    environment variables). Job 0 gets ``USR2`` at the start of epoch 1: submitit's own handler
+    checkpoints it (the launcher resubmits the same job), "requeues" it (``scontrol requeue``,
+    recorded) and exits; the requeued job resumes from ``last.ckpt`` in the same directory and
+    logs into the same W&B run (offline)."""
+    from submitit.core.submission import process_job
+    from submitit.slurm.slurm import SlurmExecutor, SlurmJob, SlurmJobEnvironment
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
+    monkeypatch.setattr(SlurmExecutor, "_make_submission_command",
+                        lambda self, path: ["echo", "Submitted batch job 4242"])
+    requeued = []
+    monkeypatch.setattr(SlurmJobEnvironment, "_requeue",
+                        lambda self, countdown: requeued.append((self.job_id, countdown)))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("SUBMITIT_FOLDER", "")
+    sweep = tmp_path / "sweep"
+    folder = f"{sweep}/.submitit/%j"
+
+    def run_on_the_node(job):  # replaces SlurmJob.results: the array task, then its outcome
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM,
+                                                     signal.SIGCONT)}
+        with monkeypatch.context() as env:
+            for key, value in {**SLURM_ENV, "SLURM_ARRAY_TASK_ID": job.job_id.split("_")[1]
+                               }.items():
+                env.setenv(key, value)
+            try:
+                for _ in range(3):  # the first attempt, and the attempts after requeues
+                    try:
+                        process_job(folder)
+                        break
+                    except SystemExit:  # submitit's handler: checkpointed, requeued, exited
+                        continue
+            finally:
+                for number, handler in handlers.items():
+                    signal.signal(number, handler)
+        with open(job.paths.result_pickle, "rb") as file:
+            outcome, result = pickle.load(file)
+        assert outcome == "success", result
+        return [result]
+
+    monkeypatch.setattr(SlurmJob, "results", run_on_the_node)
+    monkeypatch.setattr(sys, "argv", [
+        "intvae.train", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+        "logger=wandb", *TINY, "trainer.max_epochs=2", "evaluate.enabled=false",
+        "+callbacks.preempt._target_=test_launchers.PreemptOnce",
+        f"+callbacks.preempt.marker={tmp_path}/preempted", f"hydra.sweep.dir={sweep}",
+        "seed=0,1"])
+    main()
+
+    script = (sweep / ".submitit" / "4242" / "4242_submission.sh").read_text()
+    for option in ("--partition=gpu", "--gpus-per-node=1", "--ntasks-per-node=1",
+                   "--cpus-per-task=8", "--mem=32GB", "--time=240", "--signal=USR2@120",
+                   "--array=0-1%2", "--open-mode=append", "--job-name=train",
+                   f"--output={sweep}/.submitit/%A_%a/%A_%a_0_log.out"):
+        assert f"#SBATCH {option}\n" in script, (option, script)
+    assert "export SUBMITIT_EXECUTOR=slurm\nsrun --unbuffered" in script
+    assert f"-m submitit.core._submit {sweep}/.submitit/%j" in script
+    assert requeued == [("4242_0", 10)]  # max_num_timeout requeues left (a preemption: 10)
+    for job in (0, 1):
+        run = sweep / str(job)
+        results = json.loads((run / "results.json").read_text())
+        assert (results["status"], results["epochs"]) == ("completed", 2)
+        attempts = sorted((run / "wandb").glob("offline-run-*"))
+        assert [p.name.rsplit("-", 1)[1] for p in attempts] == [run_id(run)] * (2 - job)
+        assert len(list(attempts[-1].glob(f"run-{run_id(run)}.wandb"))) == 1
+    first = json.loads((sweep / "0" / "results.json").read_text())
+    assert first["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt")
+    assert json.loads((sweep / "1" / "results.json").read_text())["resumed_from"] is None
