@@ -1,6 +1,6 @@
 """One training epoch of ``IndexBatches`` versus a ``DataLoader`` over a ``TensorDataset``.
 
-Usage: ``python benchmarks/data.py [--root DIR] [--device cpu|cuda] [--repeats 7]``
+Usage: ``python benchmarks/data.py [--root DIR] [--device cpu|cuda] [--repeats 7] [--threads 1]``
 
 Every method shuffles and serves the same in-memory float32 tensor in batches of 100: MNIST's
 training split when it is cached under the data root, else 50,000 synthetic 28x28 images. The
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import torch
+from common import load
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from intvae.data.batching import IndexBatches
@@ -89,10 +90,15 @@ def main() -> None:
     parser.add_argument("--root", help="data directory holding mnist.npz (default: the cache)")
     parser.add_argument("--device", default="cpu", help="device holding the tensor")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (the app's default: 1; with other processes on "
+                             "the cores, 2 OpenMP threads made each gather about 100x slower)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     levels, what = training_images(args.root)
     x = scale_levels(levels.to(device), eps=1e-3)
+    print(f"# {load()} (before); {torch.get_num_threads()} torch threads")
     print(f"data: {what}: {tuple(x.shape)} float32 on {device}")
     print(f"batch size {BATCH_SIZE}; {args.repeats} interleaved repeats after one warm-up each")
     candidates = methods(x)
@@ -111,6 +117,7 @@ def main() -> None:
     for name in list(candidates)[1:]:
         ratio = statistics.median(times[name]) / reference
         print(f"median epoch time, {name} / IndexBatches: {ratio:.1f}x")
+    print(f"# {load()} (after)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ peak memory, chunked (``intvae.evaluate.log_likelihood``) against a naive unchun
 Each variant runs in its own process (so that its peak memory is its own), in interleaved
 rounds; it evaluates ``--images`` MNIST test images (synthetic images without the cache) with
 the paper's IELBO network (random weights; the cost per sample does not depend on them), the
-interval [x - 0.01, x + 0.01] and compiled kernels, after a warm-up that compiles them, and
+interval [x - 0.01, x + 0.01] and compiled kernels (``--no-compile``: eager), after a warm-up, and
 reports the time scaled to 1,000 images and the peak memory during the timed run above the
 memory before it (CPU: the process's peak resident set, reset with /proc/self/clear_refs; CUDA:
 torch.cuda.max_memory_allocated).
@@ -52,7 +52,7 @@ def naive(vae, x: torch.Tensor, samples: int) -> torch.Tensor:
 
 def worker(args) -> None:
     device = setup(args)
-    compile_kernels(True)
+    compile_kernels(not args.no_compile)
     vae = paper_vae().to(device).eval()
     x = images(args.images, split="test")[0].to(device)
     kind, value = args.worker.split(":")
@@ -98,19 +98,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
+    parser.add_argument("--no-compile", action="store_true", help="eager interval kernels")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     setup(args)
-    header(f"evaluation: log P(I) with K = {args.samples}, chunked vs naive", args)
+    header(f"evaluation: log P(I) with K = {args.samples}, chunked vs naive, kernels "
+           f"{'eager' if args.no_compile else 'compiled'}", args)
     print(f"# {args.images} images per run, scaled to 1,000; {images(1, split='test')[1]}")
     results = {v: [] for v in args.variants}
     for r in range(args.rounds):
         for variant in (args.variants if r % 2 == 0 else args.variants[::-1]):
             command = [sys.executable, __file__, "--worker", variant, "--device", args.device,
                        "--threads", str(args.threads), "--samples", str(args.samples),
-                       "--images", str(args.images)]
+                       "--images", str(args.images)] + (["--no-compile"] if args.no_compile
+                                                         else [])
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 tail = (done.stderr.strip().splitlines() or ["?"])[-1]

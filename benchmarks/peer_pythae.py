@@ -123,17 +123,17 @@ def main() -> None:
     device = setup(args)
     logging.getLogger("pythae").setLevel(logging.ERROR)
     data, what = images((args.warmup + args.steps + 2) * args.batch)
-    import pythae
+    from importlib.metadata import version
 
-    header(f"peer: pythae {pythae.__version__} BaseTrainer vs intvae VAEModule (Lightning)",
+    header(f"peer: pythae {version('pythae')} BaseTrainer vs intvae VAEModule (Lightning)",
            args)
     print(f"# data: {what}, {tuple(data.shape)}; batch 100; IWAE K = {args.samples}")
     print(f"{'model':18} {'pythae steps/s':>15} {'intvae steps/s':>15} {'intvae/pythae':>36}")
     for name, bound in (("elbo", ELBO(1)), ("iwae", IWAE(args.samples))):
         ours_args = argparse.Namespace(**{**vars(args), "samples": bound.samples})
         rates = interleaved({
-            "pythae": lambda: pythae_run(name, data, args, device),
-            "intvae": lambda: lightning_run(bound, data.to(device), ours_args, device),
+            "pythae": lambda n=name: pythae_run(n, data, args, device),
+            "intvae": lambda b=bound, a=ours_args: lightning_run(b, data.to(device), a, device),
         }, args.rounds)
         label = "elbo (1 sample)" if name == "elbo" else f"iwae (K={args.samples})"
         print(f"{label:18} {median(rates['pythae']):15.2f} {median(rates['intvae']):15.2f} "

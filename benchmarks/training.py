@@ -7,7 +7,8 @@
 "Package": ``intvae.module.VAEModule`` in a Lightning ``Trainer`` as ``python -m
 intvae.train`` builds it (``conf/trainer/default.yaml``: precision 32-true, gradient clipping
 by norm 3, the CSV logger, the per-epoch metrics with their per-step updates, the progress bar
-(its output discarded) and the ``NonFiniteGuard`` in skip mode), fed by ``IndexBatches`` as the data module does.
+(its output discarded) and the ``NonFiniteGuard`` in skip mode), fed by ``IndexBatches`` as
+the data module does.
 "Bare": a plain loop written here for the identical model, bound, batch size, number of
 samples, data tensor, Adam (lr 3e-4, fused, as ``VAEModule`` builds it) and clipping by norm 3.
 Both start from the same weights each round. Steps per second are timed between the start of
@@ -132,10 +133,10 @@ def main() -> None:
         bound = make_bound(name, args.samples)
         bare_loop(bound, data, argparse.Namespace(**{**vars(args), "steps": 2, "warmup": 1}),
                   device)  # compile the kernels before timing
-        variants = {"bare": lambda: bare_loop(bound, data, args, device),
-                    "package": lambda: lightning_run(bound, data, args, device)}
+        variants = {"bare": lambda b=bound: bare_loop(b, data, args, device),
+                    "package": lambda b=bound: lightning_run(b, data, args, device)}
         if args.compile_step:
-            variants["compiled"] = lambda: lightning_run(bound, data, args, device, True)
+            variants["compiled"] = lambda b=bound: lightning_run(b, data, args, device, True)
         rates = interleaved(variants, args.rounds)
         epoch = MNIST_TRAIN_IMAGES / args.batch / median(rates["package"])
         extra = (f" {median(rates['compiled']):16.2f} "

@@ -143,7 +143,8 @@ def _is_int(value) -> bool:
 
 def check_root_keys(cfg) -> None:
     """Check the root keys the app reads itself (the groups check theirs when instantiated):
-    ``seed``, ``threads``, ``compile`` and ``evaluate.*``; a ``ConfigError`` names the key."""
+    ``seed``, ``threads``, ``compile``, ``compile_step`` and ``evaluate.*``; a ``ConfigError``
+    names the key."""
     checks = [
         ("seed", cfg.get("seed"), _is_int(cfg.get("seed")) and 0 <= cfg.seed < 2**32,
          "an integer in [0, 2**32)"),
@@ -151,6 +152,8 @@ def check_root_keys(cfg) -> None:
          cfg.get("threads") is None or (_is_int(cfg.threads) and cfg.threads >= 1),
          "an integer >= 1 or null"),
         ("compile", cfg.get("compile"), isinstance(cfg.get("compile"), bool), "true or false"),
+        ("compile_step", cfg.get("compile_step"), isinstance(cfg.get("compile_step"), bool),
+         "true or false"),
     ]
     evaluation = cfg.get("evaluate") or {}
     checks += [
@@ -159,8 +162,9 @@ def check_root_keys(cfg) -> None:
         ("evaluate.split", evaluation.get("split"), evaluation.get("split") in ("test", "val"),
          "test or val"),
         ("evaluate.chunk_elements", evaluation.get("chunk_elements"),
-         _is_int(evaluation.get("chunk_elements")) and evaluation.chunk_elements >= 1,
-         "an integer >= 1"),
+         evaluation.get("chunk_elements") == "auto"
+         or (_is_int(evaluation.get("chunk_elements")) and evaluation.chunk_elements >= 1),
+         "an integer >= 1 or auto"),
         ("evaluate.limit_batches", evaluation.get("limit_batches"),
          evaluation.get("limit_batches") is None
          or (_is_int(evaluation.limit_batches) and evaluation.limit_batches >= 1),

@@ -12,10 +12,11 @@ images are evaluated a second time under the 8-bit bins, so every run gets bits 
 
 K defaults to 5000 on a GPU, the papers' value, and to 100 on the CPU, where 5000 samples of
 the 10,000 MNIST test images would take hours. The K samples of a batch are drawn in chunks of
-at most ``chunk_elements`` = K_chunk * batch * pixels decoder outputs, which bounds the memory.
+at most ``chunk_elements`` = K_chunk * batch * pixels decoder outputs, which bounds the memory
+(``auto``: sized from the memory available, ``resolve_chunk_elements``).
 
     python -m intvae.evaluate run=<output dir or checkpoint> [samples=K] [split=test]
-        [data.root=DIR] [chunk_elements=N] [limit_batches=N] [device=cpu|cuda] [compile=false]
+        [data.root=DIR] [chunk_elements=N|auto] [limit_batches=N] [device=cpu|cuda] [compile=false]
         [bits_per_dim=false]
 
 evaluates ``<dir>/checkpoints/last.ckpt`` (or the given checkpoint) and adds the result to the
@@ -69,10 +70,11 @@ def likelihood_kind(vae: VAE) -> str:
 
 
 # Peak memory per decoder output (K_chunk * batch * pixels) of one chunk of the evaluation,
-# measured by benchmarks/evaluation.py (peak RSS over the chunk size, paper network, float32,
-# compiled and eager kernels; the larger) with room to spare; "auto" sizes a chunk to use at
-# most AUTO_MEMORY_FRACTION of the memory available now, within AUTO_CHUNK_RANGE.
-BYTES_PER_CHUNK_ELEMENT = 160
+# measured by benchmarks/evaluation.py on a CPU (paper network, float32): about 30 bytes with
+# the compiled kernels, 330 with the eager ones; with room to spare. "auto" sizes a chunk to use
+# at most AUTO_MEMORY_FRACTION of the memory available now, within AUTO_CHUNK_RANGE (on a CPU
+# chunks of 2**20 to 2**23 outputs ran equally fast).
+BYTES_PER_CHUNK_ELEMENT = 400
 AUTO_MEMORY_FRACTION = 0.25
 AUTO_CHUNK_RANGE = {"cpu": (2**16, 2**23), "cuda": (2**16, 2**28)}
 

@@ -43,7 +43,7 @@ def build_vae(cfg: DictConfig, num_pixels: int) -> VAE:
 def select_kernels(compiled: bool, probe: Callable[[], object]) -> bool:
     """Run ``probe()`` (a small forward pass) with the eager interval kernels, letting its
     errors through; then, if ``compiled``, switch to the ``torch.compile``d kernels
-    (``intvae.numerics.compile_kernels``: about 3 times faster on a CPU) and run it again,
+    (``intvae.numerics.compile_kernels``: 2 to 4 times faster on a CPU) and run it again,
     which compiles them. If that fails, fall back to the eager kernels with a warning. Returns
     whether the compiled kernels are in use."""
     compile_kernels(False)

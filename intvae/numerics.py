@@ -2,7 +2,11 @@
 
 All functions here are vectorized, broadcast their tensor arguments, keep the input's floating
 dtype (float32 or float64) and are differentiable with finite gradients. Internally they compute
-in float64 and round once at the end, so float32 results carry only the input's rounding.
+in float64 and round once at the end, so float32 results carry only the input's rounding. The
+interval and power-integral kernels have a float32 fast path for float32 inputs on the CPU (see
+"float32 fast path" below): elements where float32 formulas meet the float32 accuracy contract
+(values within 1e-5, gradients within 1e-4 relative) are computed in float32, the rest by the
+float64 kernel.
 
 Saturation: a true value whose magnitude exceeds ``log_limit(dtype)`` (``finfo(dtype).max /
 2**64``: about 1.8e19 in float32 and 9.7e288 in float64) is returned as ``-log_limit`` (or
@@ -91,6 +95,19 @@ def _dawson_asymptotic_tail(y: torch.Tensor) -> torch.Tensor:
     return y * _polynomial(_ODD_DOUBLE_FACTORIALS[1:], y)
 
 
+def _dawson_piecewise(x: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xt, g(xt)) with xt = min(x, 12): D(xt) = xt g(xt), g the piecewise polynomial of
+    ``table`` (one column of coefficients per piece of width 0.5, in x's dtype)."""
+    width = _dawson_table.WIDTH
+    xt = x.clamp(max=_dawson_table.ASYMPTOTIC_FROM)
+    index = torch.floor(xt / width).long().clamp(max=table.shape[1] - 1)
+    u = (xt - (index.to(x.dtype) + 0.5) * width) / (0.5 * width)
+    g = table[-1][index]
+    for k in range(table.shape[0] - 2, -1, -1):
+        g = torch.addcmul(table[k][index], g, u)
+    return xt, g
+
+
 def _dawson_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """D(x) and 1 - 2 x D(x) for float64 x >= 0.
 
@@ -98,14 +115,8 @@ def _dawson_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``scripts/fit_dawson.py``), accurate in relative terms down to x = 0. From 12 on: the
     asymptotic series D(x) = (1 + sum_{n>=1} (2n-1)!! / (2x^2)^n) / (2x).
     """
-    table = _dawson_coefficients(x.device)
-    width, start = _dawson_table.WIDTH, _dawson_table.ASYMPTOTIC_FROM
-    xt = x.clamp(max=start)
-    index = torch.floor(xt / width).long().clamp(max=table.shape[1] - 1)
-    u = (xt - (index.to(_WORK) + 0.5) * width) / (0.5 * width)
-    g = table[-1][index]
-    for k in range(table.shape[0] - 2, -1, -1):
-        g = torch.addcmul(table[k][index], g, u)
+    start = _dawson_table.ASYMPTOTIC_FROM
+    xt, g = _dawson_piecewise(x, _dawson_coefficients(x.device))
     d_table = xt * g
     xa = x.clamp(min=start)
     tail = _dawson_asymptotic_tail(0.5 / (xa * xa))
@@ -375,7 +386,7 @@ _FAST_VALUE_CANCEL = 8.0  # largest cancellation factor allowed inside a log-dif
 # Dawson (power < 0) branch (whose terms carry fewer rounding errors), and for the derivative
 # in the scale.
 _FAST_SUM_CANCEL = {1: 8.0, -1: 24.0}
-_FAST_GRAD_CANCEL = 100.0
+_FAST_GRAD_CANCEL = {True: 100.0, False: 40.0}  # power 1 or < 0; other powers > 0
 _LOG_2 = math.log(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # (1 + 2 a) erfcx(a) - 1 as a polynomial in q = (a - 2) / (a + 2), lowest power first (within
@@ -412,14 +423,8 @@ def _dawson_coefficients_32(device: torch.device) -> torch.Tensor:
 
 def _log_dawson32(x: torch.Tensor) -> torch.Tensor:
     """log D(x) for float32 x >= 0 (-inf at 0), within about 3e-7 absolute."""
-    table = _dawson_coefficients_32(x.device)
-    width, start = _dawson_table.WIDTH, _dawson_table.ASYMPTOTIC_FROM
-    xt = x.clamp(max=start)
-    index = torch.floor(xt / width).long().clamp(max=table.shape[1] - 1)
-    u = (xt - (index.to(_F32) + 0.5) * width) / (0.5 * width)
-    g = table[-1][index]
-    for k in range(table.shape[0] - 2, -1, -1):
-        g = g * u + table[k][index]
+    start = _dawson_table.ASYMPTOTIC_FROM
+    xt, g = _dawson_piecewise(x, _dawson_coefficients_32(x.device))
     xa = x.clamp(min=start)
     y = 0.5 / (xa * xa)
     tail = y * _polynomial(_ODD_DOUBLE_FACTORIALS[1:6], y)
@@ -466,16 +471,17 @@ def _fast_phi_kernel(a, b, m, a64, b64, d, logd, scale, inv_scale, log_inv_scale
     narrow = d * torch.clamp(-m, min=1.0) < _FAST_NARROW[1]
     one = ~narrow & (b <= 0)
     value = torch.where(narrow, v_nar, torch.where(one, v_one, v_str))
-    ga = torch.where(narrow, -torch.exp(0.5 * d * m - 0.125 * d2) / dc * inv_scale,
-                     torch.where(one, -g_one * e1_s, -ea_s * _INV_SQRT_2PI / p_str))
     gb = torch.where(narrow, torch.exp(-0.5 * d * m - 0.125 * d2) / dc * inv_scale,
                      torch.where(one, g_one * inv_scale, eb_s * _INV_SQRT_2PI / p_str))
+    # phi(a) / phi(b) = exp(d m): for narrow intervals d/da = -exp(d m) d/db (0.6 < exp(d m) <= 1)
+    ga = torch.where(narrow, -gb * (e1_s * scale),
+                     torch.where(one, -g_one * e1_s, -ea_s * _INV_SQRT_2PI / p_str))
     g_sum = -gb * torch.expm1(d * m)
     moment, terms = _moment(~narrow & ~one, a, b, m, d, ga, gb, g_sum)
     return value, value.abs(), ga, gb, g_sum, moment, terms, ~one | ok_one
 
 
-def _fast_erfi_kernel(a, b, m, d, logd, inv_scale, log_inv_scale):
+def _fast_erfi_kernel(a, b, m, d, logd, scale, inv_scale, log_inv_scale):
     """log(F(b) - F(a)), F(t) = int_0^t exp(u^2) du, for a < b, a + b >= 0, in float32, with
     the same companions as ``_fast_phi_kernel``."""
     log_db = _log_dawson32(b)
@@ -501,8 +507,8 @@ def _fast_erfi_kernel(a, b, m, d, logd, inv_scale, log_inv_scale):
     magnitude = torch.where(narrow, logd.abs() + m * m + log_c,
                             b * b + log_db.abs() + log_ratio.abs())
     gb = torch.where(narrow, torch.exp(d * m + 0.25 * d2) / dc, g_wide) * inv_scale
-    ga = torch.where(narrow, -torch.exp(-d * m + 0.25 * d2) / dc * inv_scale,
-                     -torch.exp(-2.0 * d * m + log_inv_scale) * g_wide)
+    # exp(a^2) / exp(b^2) = exp(-2 d m), folded with 1/scale (no underflow before the scaling)
+    ga = -torch.exp(-2.0 * d * m + log_inv_scale) * torch.where(narrow, gb * scale, g_wide)
     g_sum = -gb * torch.expm1(-2.0 * d * m)
     moment, terms = _moment(~narrow & straddle, a, b, m, d, ga, gb, g_sum)
     return value, magnitude, ga, gb, g_sum, moment, terms, narrow | ok_wide
@@ -533,7 +539,7 @@ def _fast_power_integral(lo, hi, loc, scale, power, needs):
             a, b, m, a64, b64, d, logd, scale, inv_scale, -log_scale)
     else:
         value, magnitude, ga, gb, g_sum, moment, terms, ok = _fast_erfi_kernel(
-            a, b, m, d, logd, inv_scale, -log_scale)
+            a, b, m, d, logd, scale, inv_scale, -log_scale)
     ok = (ok & (a.abs() <= _FAST_T_MAX) & (b.abs() <= _FAST_T_MAX) & (d >= _FAST_MIN_WIDTH)
           & (scale >= _FAST_MIN_SCALE))
     if power != 1.0:
@@ -557,7 +563,8 @@ def _fast_power_integral(lo, hi, loc, scale, power, needs):
             grads[i] = partial.clamp(-limit, limit)
     if needs[3]:
         ok = ok & (terms + abs(dconst) * inv_scale
-                   <= _FAST_GRAD_CANCEL * (dconst * inv_scale - moment).abs())
+                   <= _FAST_GRAD_CANCEL[power == 1.0 or power < 0]
+                   * (dconst * inv_scale - moment).abs())
     return total, grads, ok
 
 
@@ -580,10 +587,21 @@ def compile_kernels(enabled: bool = True) -> None:
         _kernel, _fast_kernel = _power_integral, _fast_power_integral
 
 
+_fast_path = True
+
+
+def use_fast_path(enabled: bool = True) -> None:
+    """Use the float32 fast path for float32 inputs on the CPU (the default), or always the
+    float64 kernels (for comparisons: ``benchmarks/bounds.py --no-fast-path``)."""
+    global _fast_path
+    _fast_path = enabled
+
+
 def _uses_fast_path(inputs: list[torch.Tensor], dtype: torch.dtype) -> bool:
     """float32 inputs on the CPU. On other devices the fallback's gather would wait for the
     device (a host synchronization per call), so they keep the float64 kernel."""
-    return dtype == _F32 and all(t.dtype == _F32 and t.device.type == "cpu" for t in inputs)
+    return _fast_path and dtype == _F32 and all(
+        t.dtype == _F32 and t.device.type == "cpu" for t in inputs)
 
 
 def _evaluate(lo, hi, loc, scale, power, dtype, needs):

@@ -121,7 +121,8 @@ def train(cfg: DictConfig) -> dict:
     compiled = select_kernels(cfg.compile, lambda: probe(bound, vae))
     noise = cfg.get("noise")
     module = VAEModule(vae, bound, instantiate(cfg.optimizer), hyperparameters(cfg, bound),
-                       noise=instantiate(noise) if noise else None)
+                       noise=instantiate(noise) if noise else None,
+                       compile_step=cfg.compile_step)
     callbacks = [*instantiate_all(cfg.get("callbacks")), EpochSeeds(cfg.seed)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks,
                           logger=instantiate_all(cfg.get("logger")) or False,
