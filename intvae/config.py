@@ -161,10 +161,6 @@ def check_root_keys(cfg) -> None:
          isinstance(evaluation.get("enabled"), bool), "true or false"),
         ("evaluate.split", evaluation.get("split"), evaluation.get("split") in ("test", "val"),
          "test or val"),
-        ("evaluate.chunk_elements", evaluation.get("chunk_elements"),
-         evaluation.get("chunk_elements") == "auto"
-         or (_is_int(evaluation.get("chunk_elements")) and evaluation.chunk_elements >= 1),
-         "an integer >= 1 or auto"),
         ("evaluate.limit_batches", evaluation.get("limit_batches"),
          evaluation.get("limit_batches") is None
          or (_is_int(evaluation.limit_batches) and evaluation.limit_batches >= 1),
@@ -175,6 +171,14 @@ def check_root_keys(cfg) -> None:
     for key, value, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid: {key} must be {allowed}")
+    check_chunk_elements(evaluation.get("chunk_elements"))
+
+
+def check_chunk_elements(value) -> None:
+    """``evaluate.chunk_elements``: an integer >= 1 or ``auto``; else a ``ConfigError``."""
+    if value != "auto" and not (_is_int(value) and value >= 1):
+        raise ConfigError(f"evaluate.chunk_elements={value!r} is invalid: "
+                          "evaluate.chunk_elements must be an integer >= 1 or auto")
 
 
 def describe(error: BaseException) -> str:

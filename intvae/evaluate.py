@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from intvae.bounds import IWAE, IWIELBO
 from intvae.checkpoints import read_checkpoint
-from intvae.config import USER_ERRORS, ConfigError, describe
+from intvae.config import USER_ERRORS, ConfigError, check_chunk_elements, describe
 from intvae.intervals import Bins
 from intvae.module import build_vae, select_kernels
 from intvae.networks import VAE
@@ -103,10 +103,7 @@ def resolve_chunk_elements(chunk_elements, device: torch.device) -> int:
         low, high = AUTO_CHUNK_RANGE.get(device.type, AUTO_CHUNK_RANGE["cuda"])
         budget = AUTO_MEMORY_FRACTION * available_memory(device) / BYTES_PER_CHUNK_ELEMENT
         return int(min(max(budget, low), high))
-    if not isinstance(chunk_elements, int) or isinstance(chunk_elements, bool) \
-            or chunk_elements < 1:
-        raise ConfigError(f"evaluate.chunk_elements={chunk_elements!r} is invalid: it must be "
-                          "an integer >= 1 or auto")
+    check_chunk_elements(chunk_elements)
     return chunk_elements
 
 
