@@ -23,6 +23,9 @@ import torch
 
 from intvae.config import ConfigError
 
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+"""Where a run directory keeps its latest checkpoint (``conf/callbacks/model_checkpoint.yaml``)."""
+
 _REFUSED = re.compile(r"WeightsUnpickler error:\s*(.*?)(?:\. Please use|\n\n|$)", re.S)
 
 

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from intvae.bounds import IWAE, IWIELBO
-from intvae.checkpoints import read_checkpoint
+from intvae.checkpoints import LAST_CHECKPOINT, read_checkpoint
 from intvae.config import USER_ERRORS, ConfigError, check_chunk_elements, describe
 from intvae.intervals import Bins
 from intvae.module import build_vae, select_kernels
@@ -179,7 +179,7 @@ def evaluate(vae: VAE, interval, datamodule, samples, device: torch.device,
 def find_checkpoint(run: str | Path) -> tuple[Path, Path]:
     """(checkpoint, run directory) for a run directory or a checkpoint file."""
     run = Path(run).expanduser()
-    ckpt = run / "checkpoints" / "last.ckpt" if run.is_dir() else run
+    ckpt = run / LAST_CHECKPOINT if run.is_dir() else run
     if not ckpt.is_file():
         raise ConfigError(f"run={run} is invalid: no checkpoint {ckpt}")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent

@@ -53,6 +53,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from intvae import figures
+from intvae.checkpoints import LAST_CHECKPOINT
 from intvae.config import USER_ERRORS, describe
 from intvae.evaluate import load_checkpoint, load_vae
 from intvae.results import RESULTS_FILE, read_results
@@ -60,7 +61,6 @@ from intvae.results import RESULTS_FILE, read_results
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
 BULK = 1e5
 """Nats per image beyond which a bound counts as diverged: left out of the clipped panel."""
 
@@ -83,7 +83,7 @@ class Run:
 
     @property
     def checkpoint(self) -> Path | None:
-        ckpt = None if self.path is None else self.path / CHECKPOINT
+        ckpt = None if self.path is None else self.path / LAST_CHECKPOINT
         return ckpt if ckpt is not None and ckpt.is_file() else None
 
     @property

@@ -43,7 +43,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from intvae.checkpoints import read_checkpoint
+from intvae.checkpoints import LAST_CHECKPOINT, read_checkpoint
 from intvae.config import OVERWRITTEN, ConfigError, overwritten_runs
 from intvae.data.batching import derive_seed
 from intvae.results import RESULTS_FILE, read_results
@@ -51,7 +51,6 @@ from intvae.results import RESULTS_FILE, read_results
 log = logging.getLogger(__name__)
 
 RESUME_CHOICES = ("auto", "never")
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 KEPT_ON_OVERWRITE = (".hydra", OVERWRITTEN)
 """Entries of a run directory ``overwrite=true`` leaves in place (besides the ``*.log`` files):
 Hydra writes ``.hydra/`` and the job log before the app starts."""
