@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from intvae.bounds import IWAE, IWIELBO
-from intvae.checkpoints import LAST_CHECKPOINT, read_checkpoint
+from intvae.checkpoints import LAST_CHECKPOINT, read_checkpoint, run_config
 from intvae.config import USER_ERRORS, ConfigError, check_chunk_elements, describe
 from intvae.intervals import Bins
 from intvae.module import build_vae, select_kernels
@@ -191,12 +191,11 @@ def load_checkpoint(ckpt: Path) -> tuple[dict, dict]:
 
     Loaded with ``weights_only=True`` (``intvae.checkpoints.read_checkpoint``): a corrupt or
     truncated file, or one holding anything but tensors and plain containers, is refused with a
-    one-line ``ConfigError`` naming it, and nothing in it runs."""
+    one-line ``ConfigError`` naming it, and nothing in it runs. The config is admitted only if
+    it names nothing but intvae's own classes (``intvae.checkpoints.run_config``)."""
     checkpoint = read_checkpoint(ckpt, "run")
     config = (checkpoint.get("hyper_parameters") or {}).get("config")
-    if not isinstance(config, dict):
-        raise ConfigError(f"run={ckpt} is invalid: the checkpoint carries no intvae config")
-    return checkpoint, config
+    return checkpoint, run_config(config, f"run={ckpt} is invalid")
 
 
 def load_vae(checkpoint: dict, cfg, num_pixels: int) -> VAE:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -53,7 +53,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from intvae import figures
-from intvae.checkpoints import LAST_CHECKPOINT
+from intvae.checkpoints import LAST_CHECKPOINT, allowed_targets
 from intvae.config import USER_ERRORS, describe
 from intvae.evaluate import load_checkpoint, load_vae
 from intvae.results import RESULTS_FILE, read_results
@@ -288,10 +288,10 @@ def bound_name(run: Run) -> str | None:
     if run.results.get("bound"):
         return run.results["bound"]
     target = (run.config.get("bound") or {}).get("_target_")
-    try:
-        return get_class(target).name if target else None
-    except (ImportError, AttributeError, ValueError):
-        return target.rsplit(".", 1)[-1].lower()
+    choice = allowed_targets().get(target) if isinstance(target, str) else None
+    if choice and choice.startswith("bound/"):
+        return choice.removeprefix("bound/")  # by name: nothing a run directory names is imported
+    return None if target is None else str(target).rsplit(".", 1)[-1].lower()
 
 
 def epochs_done(run: Run) -> int | None:

@@ -157,3 +157,53 @@ def test_a_run_writes_only_into_its_output_directory_and_the_data_cache(app_env,
     assert {p.parts[1] for p in written if p.parts[0] == "data"} <= {
         "matplotlib", "torchinductor", "triton", "wandb"}  # the tools' caches, nothing else
     assert os.path.isdir(tmp_path / "data" / "matplotlib")
+
+
+def probe_payloads(tmp_path) -> dict:
+    """Config nodes that name a callable other than intvae's classes (the probe of issue 16):
+    name -> (node, file it would create or change)."""
+    victim, saved, loaded = tmp_path / "victim.txt", tmp_path / "saved.npy", tmp_path / "evil.pt"
+    victim.write_text("keep me")
+    torch.save(Payload(tmp_path / "PAYLOAD_RAN"), loaded)  # runs exec when fully unpickled
+    return {
+        "open": {"_target_": "builtins.open", "_args_": [str(victim), "w"]},
+        "numpy.save": {"_target_": "numpy.save", "file": str(saved), "arr": [1.0]},
+        "torch.load": {"_target_": "torch.load", "f": str(loaded), "weights_only": False},
+        "nested": {"_target_": "intvae.intervals.Fixed",
+                   "delta": {"_target_": "builtins.open", "_args_": [str(victim), "w"]}},
+        "args": {"_target_": "intvae.intervals.Fixed", "_args_": [0.1]},
+        "interpolation": {"_target_": "intvae.intervals.Fixed", "delta": "${oc.env:HOME}"},
+    }
+
+
+def untouched(tmp_path) -> bool:
+    return ((tmp_path / "victim.txt").read_text() == "keep me"
+            and not (tmp_path / "saved.npy").exists()
+            and not (tmp_path / "PAYLOAD_RAN").exists())
+
+
+@pytest.mark.parametrize("group", ["data", "interval", "model", "likelihood"])
+def test_a_checkpoint_cannot_name_code_to_run(compose_train, tmp_path, group, caplog):
+    """Every probe payload in every instantiated group: ``intvae.evaluate`` refuses it in one
+    line naming the key, the report skips the run with one warning, and nothing is written."""
+    train(compose_train(*TINY, "evaluate.enabled=false", "callbacks.figures.every_n_epochs=9"))
+    good = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, node in probe_payloads(tmp_path).items():
+        evil = tmp_path / f"evil-{group}-{name}"
+        (evil / "checkpoints").mkdir(parents=True)
+        good["hyper_parameters"]["config"][group] = node
+        torch.save(good, evil / "checkpoints" / "last.ckpt")
+        (evil / "results.json").write_text((tmp_path / "run" / "results.json").read_text())
+        key = group if name not in ("nested", "interpolation") else f"{group}.delta"
+        with pytest.raises(ConfigError) as refused:
+            ev.main([f"run={evil}", "compile=false"])
+        message = str(refused.value)
+        assert "\n" not in message and f"{key}" in message and "nothing was run" in message
+        caplog.clear()
+        from intvae.report import decode_runs, load_runs
+
+        assert decode_runs(load_runs([evil])).reconstructions == {}
+        assert "nothing was run" in caplog.text
+        assert untouched(tmp_path), name
+        assert sorted(p.name for p in evil.rglob("*")) == ["checkpoints", "last.ckpt",
+                                                           "results.json"]
