@@ -24,7 +24,8 @@ from common import add_common_arguments, footer, header, images, paper_vae, setu
 
 from intvae.bounds import ELBO, IELBO, IRELBO, IWAE, IWIELBO, MIWAE, VR, VRMax
 from intvae.intervals import Fixed
-from intvae.numerics import _fast_power_integral, compile_kernels, use_fast_path
+from intvae.numerics import Kernels
+from intvae.numerics.fast32 import fast_power_integral
 
 TARGETS = {"ielbo": 1.3, "irelbo (alpha=2)": 1.6}
 
@@ -71,8 +72,8 @@ def fallback_share(vae, x: torch.Tensor, power: float, samples: int) -> float:
     float64 (float32 on the CPU only; elsewhere everything is float64)."""
     with torch.no_grad():
         likelihood = vae.decode(vae.encode(x).rsample((samples,)))
-        ok = _fast_power_integral(x - 0.01, x + 0.01, likelihood.loc, likelihood.scale,
-                                  power, (False, False, True, True))[2]
+        ok = fast_power_integral(x - 0.01, x + 0.01, likelihood.loc, likelihood.scale,
+                                 power, (False, False, True, True))[2]
     return 1.0 - ok.float().mean().item()
 
 
@@ -89,9 +90,8 @@ def main():
                         help="time the float64 kernels only (as before the float32 fast path)")
     args = parser.parse_args()
     device = setup(args)
-    compile_kernels(args.compile)
     header("bound costs: forward + backward of each bound relative to the ELBO", args)
-    vae = paper_vae().to(device)
+    vae = paper_vae(compiled=args.compile).to(device)
     data, what = images(max(args.batch, 100 * min(args.train_steps, 200)))
     data = data.to(device)
     train(vae, data, args.train_steps)
@@ -101,7 +101,7 @@ def main():
         print(f"# share of kernel elements on the float64 fallback: ielbo "
               f"{fallback_share(vae, x, 1.0, args.samples):.4f}, irelbo (alpha=2) "
               f"{fallback_share(vae, x, -1.0, args.samples):.4f}")
-    use_fast_path(not args.no_fast_path)
+    vae.head.kernels = Kernels(compiled=args.compile, fast32=not args.no_fast_path)
     candidates = bounds(args.samples)
     times = {name: [] for name in candidates}
     for round_ in range(args.rounds + 3):

@@ -1,5 +1,5 @@
 """Evaluation: the importance-sampled log-likelihood with K = 5000, time per 1,000 images and
-peak memory, chunked (``intvae.evaluate.log_likelihood``) against a naive unchunked estimate.
+peak memory, chunked (``intvae.estimate.log_likelihoods``) against a naive unchunked estimate.
 
     python benchmarks/evaluation.py [--samples 5000] [--images 10] [--rounds 3]
         [--device cpu|cuda] [--threads 1] [--variants ...]
@@ -12,7 +12,7 @@ reports the time scaled to 1,000 images and the peak memory during the timed run
 memory before it (CPU: the process's peak resident set, reset with /proc/self/clear_refs; CUDA:
 torch.cuda.max_memory_allocated).
 
-Variants: ``chunked:N`` is ``log_likelihood`` on batches of 100 images with chunks of at most
+Variants: ``chunked:N`` is ``log_likelihoods`` on batches of 100 images with chunks of at most
 N decoder outputs (``auto``: sized from the available memory); ``naive:B`` evaluates the
 IW-IELBO with all K samples at once on batches of B images (K * B * 784 decoder outputs in
 one piece: for K = 5000 only small B fit in memory).
@@ -29,9 +29,8 @@ import torch
 from common import add_common_arguments, footer, header, images, median, paper_vae, setup
 
 from intvae.bounds import IWIELBO
-from intvae.evaluate import log_likelihood, resolve_chunk_elements
+from intvae.estimate import log_likelihoods, resolve_chunk_elements
 from intvae.intervals import Fixed
-from intvae.numerics import compile_kernels
 
 VARIANTS = ["chunked:1048576", "chunked:4194304", "chunked:auto", "naive:1", "naive:4"]
 INTERVAL = Fixed(0.01)
@@ -52,8 +51,7 @@ def naive(vae, x: torch.Tensor, samples: int) -> torch.Tensor:
 
 def worker(args) -> None:
     device = setup(args)
-    compile_kernels(not args.no_compile)
-    vae = paper_vae().to(device).eval()
+    vae = paper_vae(compiled=not args.no_compile).to(device).eval()
     x = images(args.images, split="test")[0].to(device)
     kind, value = args.worker.split(":")
     if kind == "chunked":
@@ -62,7 +60,8 @@ def worker(args) -> None:
 
         def run(data, samples):
             batches = [data[i:i + batch] for i in range(0, len(data), batch)]
-            return log_likelihood(vae, INTERVAL, batches, samples, chunk, progress=False)
+            return log_likelihoods(vae, batches, samples, {"own": INTERVAL}, chunk,
+                                   progress=False)["own"]
     else:
         batch = int(value)
 

@@ -11,7 +11,7 @@ kernels, Adam, clipping by norm 3. Each configuration is timed over ``--steps`` 
 warm-up steps, once per round, the configurations interleaved; the tables show medians. An
 MNIST epoch is 50,000 images (500 steps at batch 100). Memory: the peak resident set (CPU) or
 the peak of torch.cuda.max_memory_allocated (GPU) during two training steps, above the memory
-before them, each sample count in its own process. Evaluation: ``log_likelihood`` (chunks
+before them, each sample count in its own process. Evaluation: ``log_likelihoods`` (chunks
 sized ``auto``) of ``--eval-images`` MNIST test images with K samples, scaled to 1,000 images.
 """
 
@@ -37,9 +37,8 @@ from common import (
 )
 from training import CLIP, LR, make_bound
 
-from intvae.evaluate import log_likelihood
+from intvae.estimate import log_likelihoods
 from intvae.intervals import Fixed
-from intvae.numerics import compile_kernels
 
 
 def step_seconds(bound, data, batch, steps, device) -> float:
@@ -88,7 +87,6 @@ def _status_kib(field: str) -> int:
 def memory_worker(args) -> None:
     """Peak memory of two training steps (one process per configuration)."""
     device = setup(args)
-    compile_kernels(True)
     name, samples = args.memory_worker.split(":")
     bound = make_bound(name, int(samples))
     data = images(2 * args.batch)[0].to(device)
@@ -142,14 +140,14 @@ def memory_table(args) -> None:
 def evaluation_table(args, device) -> None:
     x = images(args.eval_images, split="test")[0].to(device)
     vae = paper_vae().to(device).eval()
-    log_likelihood(vae, Fixed(0.01), [x[:2]], 4, "auto", progress=False)  # compile
+    log_likelihoods(vae, [x[:2]], 4, {"own": Fixed(0.01)}, "auto", progress=False)  # compile
     print(f"\n## evaluation (log P(I), chunks auto, {args.eval_images} images) against K")
     print(f"{'K':>8} {'s / 1000 images':>16} {'s / 10,000 images':>18}")
 
     def run(k):
         sync(device)
         start = time.perf_counter()
-        log_likelihood(vae, Fixed(0.01), [x], k, "auto", progress=False)
+        log_likelihoods(vae, [x], k, {"own": Fixed(0.01)}, "auto", progress=False)
         sync(device)
         return time.perf_counter() - start
 
@@ -175,7 +173,6 @@ def main() -> None:
     if args.memory_worker:
         return memory_worker(args)
     device = setup(args)
-    compile_kernels(True)
     header("scaling: time and memory against batch size, samples and K", args)
     data = images(max(args.batches) * 4)[0].to(device)
     for b in args.bounds:  # compile every kernel before timing

@@ -4,7 +4,7 @@
         [--rounds 5] [--batch 100] [--samples 10] [--threads 1] [--device cpu|cuda]
         [--no-compile]
 
-"Package": ``intvae.module.VAEModule`` in a Lightning ``Trainer`` as ``python -m
+"Package": ``intvae.app.module.VAEModule`` in a Lightning ``Trainer`` as ``python -m
 intvae.train`` builds it (``conf/trainer/default.yaml``: precision 32-true, gradient clipping
 by norm 3, the CSV logger, the per-epoch metrics with their per-step updates, the progress bar
 (its output discarded) and the ``NonFiniteGuard`` in skip mode), fed by ``IndexBatches`` as
@@ -42,12 +42,11 @@ from common import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
+from intvae.app.callbacks import NonFiniteGuard
+from intvae.app.module import VAEModule
 from intvae.bounds import ELBO, IELBO, IRELBO, IWAE
-from intvae.callbacks import NonFiniteGuard
 from intvae.data import IndexBatches
 from intvae.intervals import Fixed
-from intvae.module import VAEModule
-from intvae.numerics import compile_kernels
 
 LR = 3e-4
 CLIP = 3.0
@@ -62,7 +61,7 @@ def make_bound(name: str, samples: int):
 
 def bare_loop(bound, data, args, device) -> float:
     """Steps per second of a plain PyTorch loop."""
-    vae = paper_vae().to(device)
+    vae = paper_vae(compiled=not args.no_compile).to(device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=LR, fused=True)
     clock = StepClock(args.warmup, args.steps, device)
     batches = IndexBatches(data, args.batch, train=True, seed=0)
@@ -89,7 +88,8 @@ class _Clock(L.Callback):
 def lightning_run(bound, data, args, device, compile_step: bool = False) -> float:
     """Steps per second of ``VAEModule`` in a ``Trainer`` with the app's settings."""
     clock = StepClock(args.warmup, args.steps, device)
-    module = VAEModule(paper_vae(), bound, partial(torch.optim.Adam, lr=LR),
+    module = VAEModule(paper_vae(compiled=not args.no_compile), bound,
+                       partial(torch.optim.Adam, lr=LR),
                        {"bound": bound.name, "samples": args.samples},
                        compile_step=compile_step)
     with tempfile.TemporaryDirectory() as out:
@@ -120,7 +120,6 @@ def main() -> None:
                         help="also time VAEModule(compile_step=True): the whole bound compiled")
     args = parser.parse_args()
     device = setup(args)
-    compile_kernels(not args.no_compile)
     data, what = images((args.warmup + args.steps + 2) * args.batch)
     data = data.to(device)
     header("training throughput: VAEModule in a Lightning Trainer vs a bare PyTorch loop", args)

@@ -1,14 +1,15 @@
 """Interval policies: which interval I(x) = prod_d [lo_d, hi_d] each observed pixel stands for.
 
 The integral bounds replace the density p(x | z) by the probability P(I(x) | z) of an interval
-around the observation (paper section 3.1; ``../shared/spec/bounds.md`` sections 2 and 8).
+around the observation (paper section 3.1; ``docs/math.md#interval-likelihood-of-one-pixel``
+and ``docs/math.md#discrete-likelihood-and-bits-per-dimension``).
 """
 
 import math
 
 import torch
 
-from intvae.checks import finite_float, require
+from intvae.checks import finite_float, integer, require
 
 
 class Fixed:
@@ -28,7 +29,8 @@ class Fixed:
         return torch.full_like(x, math.log(2.0 * self.delta))
 
     def is_discrete(self, levels: int, eps: float) -> bool:
-        """True when the intervals of neighbouring levels do not overlap (spec section 8)."""
+        """True when the intervals of neighbouring levels do not overlap
+        (``docs/math.md#discrete-likelihood-and-bits-per-dimension``)."""
         return 2.0 * self.delta <= (1.0 - 2.0 * eps) / (levels - 1)
 
     def __repr__(self) -> str:
@@ -47,9 +49,7 @@ class Bins:
     finite = False
 
     def __init__(self, levels: int = 256, eps: float = 0.0):
-        ok = isinstance(levels, int) and not isinstance(levels, bool) and levels >= 2
-        require("levels", levels, ok, "an integer >= 2")
-        self.levels = levels
+        self.levels = integer("levels", levels, 2)
         self.eps = finite_float("eps", eps, "a number in [0, 0.5)")
         require("eps", eps, 0.0 <= self.eps < 0.5, "a number in [0, 0.5)")
         self.spacing = (1.0 - 2.0 * self.eps) / (self.levels - 1)

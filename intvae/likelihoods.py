@@ -5,8 +5,14 @@ samples of z) and returns per-pixel terms; the bounds sum them over pixels. Besi
 (a density) they offer ``log_interval_prob(lo, hi)`` = log P(lo < X < hi | z) wherever a
 differentiable CDF exists, which the integral bounds need.
 
-A *head* turns the decoder network's raw output (K, B, n_params * D) into a likelihood; the
-Hydra group ``likelihood`` selects the head.
+Each likelihood class declares what it can compute in ``capabilities``: ``"density"``
+(``log_prob``), ``"interval"`` (``log_interval_prob``) and ``"power"`` (``log_power_integral``,
+the integral of the density raised to a power, which the IRELBO needs). A bound declares the
+one it needs (``intvae.bounds.Bound.requires``), so a bound and a likelihood that do not fit
+are refused before any computation.
+
+A *head* turns the decoder network's raw output (K, B, n_params * D) into a likelihood of its
+class ``Head.likelihood``; the Hydra group ``likelihood`` selects the head.
 """
 
 import math
@@ -16,24 +22,29 @@ import torch.nn.functional as F
 from torch import distributions as dist
 
 from intvae.checks import finite_float, require
-from intvae.numerics import log1mexp, log_normal_interval, log_normal_power_integral
+from intvae.numerics import (
+    EAGER,
+    Kernels,
+    log1mexp,
+    log_normal_interval,
+    log_normal_power_integral,
+)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+DENSITY, INTERVAL, POWER = "density", "interval", "power"
+
+
 class Likelihood:
     """Per-pixel distribution over x. Subclasses define ``log_prob`` and ``mean``; those with a
-    differentiable CDF also ``log_interval_prob``."""
+    differentiable CDF also ``log_interval_prob``, and list what they offer in
+    ``capabilities``."""
 
-    has_interval = False
+    capabilities = frozenset({DENSITY})
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def log_interval_prob(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} has no differentiable CDF, so no interval "
-                        "probability: use a density bound (elbo, iwae, vr, vr_max, miwae) or "
-                        "the gaussian or logit_normal likelihood")
 
     @property
     def mean(self) -> torch.Tensor:
@@ -43,22 +54,24 @@ class Likelihood:
 class Gaussian(Likelihood):
     """N(x; loc, scale^2) per pixel: the paper's decoder (section 3.1)."""
 
-    has_interval = True
+    capabilities = frozenset({DENSITY, INTERVAL, POWER})
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
-        self.loc, self.scale = loc, scale
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, kernels: Kernels = EAGER):
+        self.loc, self.scale, self.kernels = loc, scale, kernels
 
     def log_prob(self, x):
         """-log scale - (x - loc)^2 / (2 scale^2) - log(2 pi) / 2: unbounded as scale -> 0."""
         return -torch.log(self.scale) - 0.5 * ((x - self.loc) / self.scale) ** 2 - _HALF_LOG_2PI
 
     def log_interval_prob(self, lo, hi):
-        """log(Phi((hi - loc)/scale) - Phi((lo - loc)/scale)), at most 0 (spec section 2)."""
-        return log_normal_interval(lo, hi, self.loc, self.scale)
+        """log(Phi((hi - loc)/scale) - Phi((lo - loc)/scale)), at most 0
+        (``docs/math.md#interval-likelihood-of-one-pixel``)."""
+        return log_normal_interval(lo, hi, self.loc, self.scale, self.kernels)
 
     def log_power_integral(self, lo, hi, power: float):
-        """log int_lo^hi N(x; loc, scale^2)^power dx (spec section 5, the IRELBO's J)."""
-        return log_normal_power_integral(lo, hi, self.loc, self.scale, power)
+        """log int_lo^hi N(x; loc, scale^2)^power dx, the IRELBO's J
+        (``docs/math.md#per-pixel-integrals``)."""
+        return log_normal_power_integral(lo, hi, self.loc, self.scale, power, self.kernels)
 
     @property
     def mean(self):
@@ -72,10 +85,10 @@ class LogitNormal(Likelihood):
     goes through the monotone logit transform, with ends clipped to [0, 1].
     """
 
-    has_interval = True
+    capabilities = frozenset({DENSITY, INTERVAL})
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
-        self.loc, self.scale = loc, scale
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, kernels: Kernels = EAGER):
+        self.loc, self.scale, self.kernels = loc, scale, kernels
 
     def log_prob(self, x):
         y = torch.logit(x)
@@ -84,7 +97,8 @@ class LogitNormal(Likelihood):
 
     def log_interval_prob(self, lo, hi):
         return log_normal_interval(torch.logit(lo.clamp(0.0, 1.0)),
-                                   torch.logit(hi.clamp(0.0, 1.0)), self.loc, self.scale)
+                                   torch.logit(hi.clamp(0.0, 1.0)), self.loc, self.scale,
+                                   self.kernels)
 
     @property
     def mean(self):
@@ -118,7 +132,7 @@ class ContinuousBernoulli(Likelihood):
     has the right value and gradient for small |l| too.
     """
 
-    has_interval = True
+    capabilities = frozenset({DENSITY, INTERVAL})
 
     def __init__(self, logits: torch.Tensor):
         self.logits = logits
@@ -176,9 +190,14 @@ def _log_scale_to_scale(raw: torch.Tensor, sigma_min: float, var_min: float) -> 
 
 
 class Head:
-    """Turns the decoder's raw output (..., params_per_pixel * D) into a ``Likelihood``."""
+    """Turns the decoder's raw output (..., params_per_pixel * D) into a ``Likelihood`` of class
+    ``likelihood``."""
 
     params_per_pixel = 1
+    likelihood: type[Likelihood] = Likelihood
+    kernels: Kernels = EAGER
+    """How the interval kernels of its likelihoods run (``intvae.numerics.Kernels``); the app
+    sets ``Kernels(compiled=True)`` where ``torch.compile`` works."""
 
     def __call__(self, raw: torch.Tensor) -> Likelihood:
         raise NotImplementedError
@@ -191,6 +210,8 @@ class GaussianHead(Head):
     the authors' code: 1e-7) are the "noise in the model" fixes the paper argues against; both
     default to 0, the paper's own setting, where scale = exp(net).
     """
+
+    likelihood = Gaussian
 
     params_per_pixel = 2
 
@@ -206,19 +227,23 @@ class GaussianHead(Head):
 
     def __call__(self, raw):
         mean_raw, scale_raw = raw.chunk(2, dim=-1)
-        return Gaussian(torch.sigmoid(mean_raw), self._scale(scale_raw))
+        return Gaussian(torch.sigmoid(mean_raw), self._scale(scale_raw), self.kernels)
 
 
 class LogitNormalHead(GaussianHead):
     """logit(x) ~ N(net, scale^2), scale as in ``GaussianHead``."""
 
+    likelihood = LogitNormal
+
     def __call__(self, raw):
         loc, scale_raw = raw.chunk(2, dim=-1)
-        return LogitNormal(loc, self._scale(scale_raw))
+        return LogitNormal(loc, self._scale(scale_raw), self.kernels)
 
 
 class BernoulliHead(Head):
     """Bernoulli with logits = net."""
+
+    likelihood = Bernoulli
 
     def __call__(self, raw):
         return Bernoulli(raw)
@@ -227,12 +252,16 @@ class BernoulliHead(Head):
 class ContinuousBernoulliHead(Head):
     """Continuous Bernoulli with logits = net."""
 
+    likelihood = ContinuousBernoulli
+
     def __call__(self, raw):
         return ContinuousBernoulli(raw)
 
 
 class BetaHead(Head):
     """Beta with both concentrations = softplus(net) + 1e-4."""
+
+    likelihood = Beta
 
     params_per_pixel = 2
 

@@ -9,7 +9,7 @@ test and the log-likelihood evaluation see the clean data. Config group ``noise`
 
 import torch
 
-from intvae.checks import finite_float, require
+from intvae.checks import finite_float, integer, require
 
 
 class UniformDequantization:
@@ -19,8 +19,7 @@ class UniformDequantization:
     Theis, van den Oord and Bethge (2016)."""
 
     def __init__(self, levels: int = 256, eps: float = 1e-3):
-        require("noise.levels", levels, isinstance(levels, int) and levels >= 2,
-                "an integer >= 2")
+        integer("noise.levels", levels, 2)
         require("noise.eps", eps, 0 <= finite_float("noise.eps", eps) < 0.5, "in [0, 0.5)")
         self.width = (1.0 - 2.0 * eps) / (levels - 1)
 

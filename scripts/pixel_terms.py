@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from intvae.evaluate import find_checkpoint, load_checkpoint, load_vae
+from intvae.app.runs import find_checkpoint, load_checkpoint, load_vae
 
 
 def main() -> None:

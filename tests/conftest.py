@@ -7,17 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from intvae.config import CONF_DIR
+from intvae.app.config import CONF_DIR, CONF_MODULE
 
-REPO = CONF_DIR.parent
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "data=synthetic", "model=small", "data.sizes.train=64", "data.sizes.val=32",
+    "data=synthetic", "model=mlp_64x1_elu_z8", "data.sizes.train=64", "data.sizes.val=32",
     "data.sizes.test=32", "data.batch_size=32", "samples=2", "trainer.max_epochs=1",
     "evaluate.samples=4", "compile=false", "callbacks.figures.num_prior_samples=16",
 ]
@@ -54,6 +54,20 @@ def compose_train(app_env, tmp_path):
     yield compose_with
     GlobalHydra.instance().clear()
     HydraConfig.instance().cfg = None
+
+
+def reevaluate(*overrides: str) -> dict:
+    """``intvae-evaluate <overrides>`` in this process: the ``evaluate`` config composed with
+    ``overrides``, then ``intvae.app.evaluate.reevaluate``; returns the updated results."""
+    from intvae.app.evaluate import reevaluate as run
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+            cfg = compose("evaluate", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    return run(cfg)
 
 
 @pytest.fixture

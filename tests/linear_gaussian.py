@@ -156,7 +156,8 @@ class LinearGaussianVAE:
         return inner - self.kl(x)
 
     def irelbo_alpha_one_limit(self, x: np.ndarray, lo, hi) -> float:
-        """log |I| + E_q[mean over x' in I of log p(x' | z)] - KL (spec section 5)."""
+        """log |I| + E_q[mean over x' in I of log p(x' | z)] - KL
+        (``docs/math.md#limits-in-alpha``)."""
         log_volume = float(np.sum(np.log(np.asarray(hi) - np.asarray(lo))))
         return log_volume + self.expect_q(x, lambda z: self.mean_log_density_given_z(z, lo, hi)) \
             - self.kl(x)

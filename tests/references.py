@@ -7,7 +7,7 @@ results keep about ``BASE_DPS`` correct digits everywhere (``test_numerics.py`` 
 by recomputing with more digits, against scipy where scipy is accurate, against numerical
 quadrature and against numerical differentiation).
 
-Notation (spec ``bounds.md``, sections 2, 5 and 7): for X ~ N(loc, scale^2),
+Notation (``docs/math.md``: interval likelihood, IRELBO, Dawson function): for X ~ N(loc, scale^2),
 a = (lo - loc)/scale, b = (hi - loc)/scale, and for a power p != 0
 
     I(lo, hi, loc, scale, p) = integral_lo^hi N(x; loc, scale^2)^p dx
@@ -130,7 +130,8 @@ def log_erfi_integral_diff(ta: mp.mpf, tb: mp.mpf) -> mp.mpf:
 
 
 def log_std_power_integral(a: mp.mpf, b: mp.mpf, p: mp.mpf) -> mp.mpf:
-    """log J(a, b, p) = log integral_a^b phi(u)^p du, closed forms of spec section 5."""
+    """log J(a, b, p) = log integral_a^b phi(u)^p du, closed forms of
+    ``docs/math.md#per-pixel-integrals``."""
     if p > 0:
         rp = mp.sqrt(p)
         return (1 - p) / 2 * mp.log(2 * mp.pi) - mp.log(p) / 2 + log_ndtr_diff(rp * a, rp * b)

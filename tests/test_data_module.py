@@ -10,9 +10,10 @@ from data_fixtures import forbid_network, local_idx_source, make_mnist_idx_files
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from intvae.app.config import CONF_DIR
 from intvae.data import DATASET_NAMES, ImageDataModule, registry
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 SIZES = {"train": 300, "val": 60, "test": 50}
 
 
@@ -53,9 +54,9 @@ def test_attributes_are_known_before_setup():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="name must be one of"):
         ImageDataModule("cifar10")
-    with pytest.raises(ValueError, match=r"eps must be in \[0, 0.5\)"):
+    with pytest.raises(ValueError, match=r"eps=0.5 is invalid: eps must be a number in \[0, 0.5\)"):
         ImageDataModule("mnist", eps=0.5)
     with pytest.raises(ValueError, match="generated datasets only"):
         ImageDataModule("mnist", sizes={"train": 1})

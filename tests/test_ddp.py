@@ -14,10 +14,11 @@ from conftest import TINY
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from intvae.app.config import check_no_ddp_in_multirun
+from intvae.app.errors import ConfigError
+from intvae.app.module import VAEModule
+from intvae.app.runs import load_checkpoint, load_vae
 from intvae.bounds import IELBO
-from intvae.config import ConfigError, check_no_ddp_in_multirun
-from intvae.evaluate import load_checkpoint, load_vae
-from intvae.module import VAEModule
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
@@ -87,7 +88,7 @@ def test_the_ddp_trainer_config(compose_train):
 
 
 def test_ddp_inside_a_multirun_only_where_slurm_starts_the_ranks(monkeypatch):
-    monkeypatch.setattr("intvae.config.in_multirun", lambda: True)
+    monkeypatch.setattr("intvae.app.config.in_multirun", lambda: True)
     for name in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
         monkeypatch.delenv(name, raising=False)
     expected = (r"trainer.devices=2 is invalid with -m/--multirun: DDP relaunches the command "

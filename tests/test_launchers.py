@@ -20,10 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from intvae import launch
-from intvae.config import CONF_DIR, run_id
-from intvae.launch import PinGPUs, ProcessGPU, parse_gpus, visible_gpus
-from intvae.train import main
+from intvae.app import launch
+from intvae.app.config import CONF_DIR, run_id
+from intvae.app.launch import PinGPUs, ProcessGPU, parse_gpus, visible_gpus
+from intvae.app.train import main
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 

@@ -12,6 +12,7 @@ from scipy import integrate, special, stats
 from single_thread import one_thread  # noqa: F401  (autouse fixture)
 
 from intvae.bounds import ELBO, IELBO, IRELBO, IWAE, IWIELBO, MIWAE, VR, VRMax
+from intvae.checks import ParameterError
 from intvae.intervals import Bins, Fixed
 from intvae.likelihoods import (
     Bernoulli,
@@ -189,10 +190,19 @@ def test_bernoulli_continuous_targets_and_broadcasting():
     assert got.shape == (3, 2, 4)
 
 
-def test_bernoulli_has_no_interval_probability():
-    assert not Bernoulli.has_interval and not Beta.has_interval
-    with pytest.raises(TypeError, match=r"Bernoulli has no differentiable CDF"):
-        Bernoulli(t64([0.0])).log_interval_prob(t64([0.1]), t64([0.2]))
+def test_each_likelihood_declares_what_it_can_compute():
+    """The declared capabilities match the methods each class really has."""
+    methods = {"density": "log_prob", "interval": "log_interval_prob",
+               "power": "log_power_integral"}
+    declared = {cls: cls.capabilities for cls in
+                (Gaussian, LogitNormal, ContinuousBernoulli, Bernoulli, Beta)}
+    assert declared == {Gaussian: {"density", "interval", "power"},
+                        LogitNormal: {"density", "interval"},
+                        ContinuousBernoulli: {"density", "interval"},
+                        Bernoulli: {"density"}, Beta: {"density"}}
+    for cls, capabilities in declared.items():
+        for capability, method in methods.items():
+            assert (capability in capabilities) == hasattr(cls, method), (cls, method)
 
 
 # ------------------------------------------------------------------- ContinuousBernoulli
@@ -404,15 +414,15 @@ DENSITY_BOUNDS = {
 @pytest.mark.parametrize("head", [BernoulliHead, BetaHead])
 def test_interval_bounds_refuse_interval_less_likelihoods(head, bound):
     name = head.__name__.removesuffix("Head")
-    with pytest.raises(TypeError, match=rf"bound '(ielbo|iw_ielbo|irelbo)' needs .*"
-                                        rf"{name} likelihood"):
+    with pytest.raises(ParameterError, match=rf"^likelihood={name} is invalid with "
+                                             rf"bound=(ielbo|iw_ielbo|irelbo): .*{name} "):
         INTERVAL_BOUNDS[bound]()(_tiny_vae(head()), _x())
 
 
 @pytest.mark.parametrize("head", [LogitNormalHead, ContinuousBernoulliHead])
 def test_irelbo_needs_the_gaussian_power_integral(head):
     name = head.__name__.removesuffix("Head")
-    with pytest.raises(TypeError, match=rf"bound 'irelbo' needs .*{name} likelihood.*gaussian"):
+    with pytest.raises(ParameterError, match=rf"bound=irelbo: .*{name} likelihood.*use gaussian"):
         IRELBO(Fixed(0.01), 2.0, 2)(_tiny_vae(head()), _x())
 
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from intvae.app.callbacks import NonFiniteGuard
+from intvae.app.errors import NonFiniteError
+from intvae.app.metrics import DecoderStdStats, FiniteMean
+from intvae.app.module import VAEModule
 from intvae.bounds import IELBO
-from intvae.callbacks import NonFiniteError, NonFiniteGuard
 from intvae.data import IndexBatches
 from intvae.intervals import Fixed
 from intvae.likelihoods import GaussianHead
-from intvae.module import DecoderStdStats, FiniteMean, VAEModule
 from intvae.networks import VAE
 
 PIXELS = 16

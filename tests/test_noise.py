@@ -42,9 +42,9 @@ def test_the_module_adds_noise_to_training_batches_only():
     """VAEModule applies the noise to what training sees; validation sees the clean data."""
     from functools import partial
 
+    from intvae.app.module import VAEModule
     from intvae.bounds import ELBO
     from intvae.likelihoods import GaussianHead
-    from intvae.module import VAEModule
     from intvae.networks import VAE
 
     seen = []

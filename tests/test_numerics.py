@@ -1,6 +1,6 @@
 """Tests of ``intvae.numerics`` against high-precision references.
 
-The contract (spec ``bounds.md`` sections 2, 5 and 7):
+The contract (``docs/math.md``: interval likelihood, IRELBO, Dawson function):
 
 * ``log_limit(dtype) = finfo(dtype).max / 2**64``; every value lies in [-L, L] (it saturates
   there when the true value is beyond) and every gradient is finite with magnitude <= L.

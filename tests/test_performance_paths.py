@@ -9,11 +9,13 @@ import pytest
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from intvae import evaluate as ev
+from intvae import estimate as ev
 from intvae import numerics
-from intvae.callbacks import NonFiniteGuard
-from intvae.config import ConfigError
+from intvae.app.callbacks import NonFiniteGuard
+from intvae.app.config import check_evaluation
+from intvae.checks import ParameterError
 from intvae.intervals import Fixed
+from intvae.numerics import fast32, interval, special
 
 F32 = torch.float32
 POWERS = (1.0, 0.5, 2.0, -1.0, -0.25)
@@ -42,8 +44,8 @@ def test_fast_path_meets_the_contract_where_it_is_used(power):
     values within 1e-5 and gradients within 1e-4 relative (plus float32's tiny) wherever the
     fast path keeps its result, and it keeps most of them."""
     cols = random_points(200_000, seed=int(100 * abs(power)))
-    value, grads, ok = numerics._fast_power_integral(*cols, power, (True,) * 4)
-    want, want_grads = numerics._power_integral(*(c.double() for c in cols), power, F32)
+    value, grads, ok = fast32.fast_power_integral(*cols, power, (True,) * 4)
+    want, want_grads = interval.power_integral64(*(c.double() for c in cols), power, F32)
     limit, tiny = numerics.log_limit(F32), torch.finfo(F32).tiny
     inside = ok & (want.abs() < limit)
     assert ok.float().mean() > 0.6  # the random points are harder than training's
@@ -69,7 +71,7 @@ def test_fast_path_serves_a_trained_decoder():
     scale = torch.where(inside, 10 ** (-4 + 2 * torch.rand(x.shape, generator=gen)),
                         10 ** (-2 + 1.5 * torch.rand(x.shape, generator=gen)))
     for power, most in ((1.0, 0.01), (-1.0, 0.05)):
-        ok = numerics._fast_power_integral(x - 0.01, x + 0.01, loc, scale, power,
+        ok = fast32.fast_power_integral(x - 0.01, x + 0.01, loc, scale, power,
                                            (False, False, True, True))[2]
         assert 1 - ok.float().mean() < most, power
 
@@ -85,14 +87,14 @@ def test_fallback_elements_get_the_float64_result(power):
     scale = torch.tensor([0.05, 0.1, 1e-3, 1e30, 0.01, 0.3], requires_grad=True)
     out = numerics.log_normal_power_integral(lo, hi, loc, scale, power)
     grads = torch.autograd.grad(out.sum(), (loc, scale))
-    _, _, ok = numerics._fast_power_integral(lo, hi, loc.detach(), scale.detach(), power,
+    _, _, ok = fast32.fast_power_integral(lo, hi, loc.detach(), scale.detach(), power,
                                              (False, False, True, True))
     assert ok.tolist() == [True, False, False, False, True, False]
-    want, want_grads = numerics._power_integral(
+    want, want_grads = interval.power_integral64(
         *(t.detach().double() for t in (lo, hi, loc, scale)), power, F32)
-    torch.testing.assert_close(out, numerics._saturate(want, F32).float(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out, special._saturate(want, F32).float(), rtol=1e-5, atol=0)
     for got, expected in zip(grads, want_grads[2:], strict=True):
-        torch.testing.assert_close(got, numerics._saturate(expected, F32).float(), rtol=1e-4,
+        torch.testing.assert_close(got, special._saturate(expected, F32).float(), rtol=1e-4,
                                    atol=1e-30)
 
 
@@ -193,7 +195,7 @@ def test_skip_mode_with_an_optimizer_that_cannot_skip_on_the_device():
 def test_vae_module_builds_adam_fused():
     from functools import partial
 
-    from intvae.module import fused_option
+    from intvae.app.module import fused_option
 
     cpu = torch.device("cpu")
     assert fused_option(partial(torch.optim.Adam, lr=1e-3), cpu) == {"fused": True}
@@ -218,8 +220,9 @@ def test_auto_chunk_size_follows_the_available_memory(monkeypatch):
     assert ev.resolve_chunk_elements("auto", cpu) == high
     assert ev.resolve_chunk_elements(12345, cpu) == 12345
     for bad in (0, -1, 2.5, "lots", True):
-        with pytest.raises(ConfigError, match="evaluate.chunk_elements="):
-            ev.resolve_chunk_elements(bad, cpu)
+        with pytest.raises(ParameterError, match=f"^evaluate.chunk_elements={bad!r} is invalid"):
+            check_evaluation({"samples": "auto", "split": "test", "chunk_elements": bad,
+                              "limit_batches": None, "bits_per_dim": True})
 
 
 def test_available_memory_is_plausible():
@@ -242,7 +245,7 @@ def test_log_likelihood_with_auto_chunks(monkeypatch):
     vae = LinearGaussianVAE(w=[1.0], b=[0.2], s=[0.4], shift=0.3)
     x = torch.full((4, 1), 0.7, dtype=torch.float64)
     torch.manual_seed(0)
-    chunked = ev.log_likelihood(vae, Fixed(0.1), [x], 40_000, "auto", progress=False)
-    whole = ev.log_likelihood(vae, Fixed(0.1), [x], 40_000, 10**9, progress=False)
+    chunked = ev.log_likelihoods(vae, [x], 40_000, {"p": Fixed(0.1)}, "auto", progress=False)
+    whole = ev.log_likelihoods(vae, [x], 40_000, {"p": Fixed(0.1)}, 10**9, progress=False)
     assert seen == [torch.device("cpu")]
-    assert torch.allclose(chunked, whole, atol=0.02)
+    assert torch.allclose(chunked["p"], whole["p"], atol=0.02)

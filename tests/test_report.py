@@ -16,9 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from intvae import report
-from intvae.config import CONF_DIR
-from intvae.train import train
+from intvae.app.config import CONF_DIR
+from intvae.app.train import train
+from intvae.report import __main__ as cli
+from intvae.report import plots
+from intvae.report import results_table as table
+from intvae.report import runs as run_io
 
 RUNS = {
     "elbo": ["bound=elbo", "trainer.max_epochs=2"],
@@ -70,7 +73,7 @@ def sweep(tmp_path_factory):
 
 @pytest.fixture
 def runs(sweep):
-    return report.load_runs([sweep])
+    return run_io.load_runs([sweep])
 
 
 def csv_column(path, key) -> list[float]:
@@ -85,7 +88,7 @@ def test_sweep_is_expanded_to_its_runs_labelled_by_directory(runs):
 
 
 def test_table_matches_results_json_and_metrics_csv(sweep, runs):
-    rows = {row["run"]: row for row in report.table(runs)}
+    rows = {row["run"]: row for row in table.table(runs)}
     for name in RUNS:
         results = json.loads((sweep / name / "results.json").read_text())
         row = rows[name]
@@ -112,27 +115,27 @@ def test_table_matches_results_json_and_metrics_csv(sweep, runs):
 
 
 def test_a_run_without_results_shows_its_last_metrics(runs):
-    row = next(r for r in report.table(runs) if r["run"] == "diverged")
+    row = next(r for r in table.table(runs) if r["run"] == "diverged")
     assert row["bound"] == "elbo"  # from config.yaml's bound._target_
     assert row["status"] == "no results.json" and row["epochs"] == 2
     assert row["train bound"] == -2.5e29 and row["val bound"] == -1.9e29
     assert row["non-finite steps"] == 3 and row["min decoder std"] == 2e-31
     assert row["test bound"] is None and row["test log P(I)"] is None
-    line = next(line for line in report.markdown([row]).splitlines() if "diverged" in line)
+    line = next(line for line in table.markdown([row]).splitlines() if "diverged" in line)
     assert "| -2.5e+29 | -1.9e+29 | - |" in line and "| 2e-31 |" in line
 
 
 def test_number_formatting():
-    assert [report.fmt(v) for v in (None, -1.9e29, -1699.53, 0.01, 7.918e-5, 2.3553, 4, math.nan,
+    assert [table.fmt(v) for v in (None, -1.9e29, -1699.53, 0.01, 7.918e-5, 2.3553, 4, math.nan,
                                     "completed")] == \
         ["-", "-1.9e+29", "-1699.5", "0.01", "7.92e-05", "2.355", "4", "nan", "completed"]
 
 
 def test_curves_keep_stable_and_diverged_runs_readable(runs):
     diverged = next(r for r in runs if r.label == "diverged")
-    epochs, values = report.series(diverged, "train/bound")
+    epochs, values = run_io.series(diverged, "train/bound")
     assert epochs.tolist() == [1, 2] and values.tolist() == [-881.25, -2.5e29]
-    fig = report.plot_curves(runs)
+    fig = plots.plot_curves(runs)
     symlog, clipped = fig.axes[:2]
     assert symlog.get_yscale() == "symlog" and symlog.get_ylim()[0] < -1e29
     low, high = clipped.get_ylim()
@@ -140,7 +143,7 @@ def test_curves_keep_stable_and_diverged_runs_readable(runs):
 
 
 def test_decoded_figures_skip_runs_without_std_or_checkpoint(runs):
-    decoded = report.decode_runs(runs, num_images=4)
+    decoded = plots.decode_runs(runs, num_images=4)
     assert list(decoded.reconstructions) == ["cbern", "elbo", "ielbo"]
     assert list(decoded.log10_std) == ["elbo", "ielbo"]  # continuous Bernoulli: no std
     assert decoded.delta == {"ielbo": 0.01} and not decoded.own_images
@@ -151,7 +154,7 @@ def test_command_line_writes_the_report_and_nothing_else(sweep, tmp_path, capsys
     before = sorted((p, p.stat().st_mtime_ns) for p in sweep.rglob("*"))
     caplog.set_level(logging.INFO, logger="intvae.report")
     out = tmp_path / "report"
-    assert report.main([str(sweep), "--out", str(out), "--labels", "C", "D", "E", "I"]) == 0
+    assert cli.main([str(sweep), "--out", str(out), "--labels", "C", "D", "E", "I"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     for name in FILES:
         assert (out / name).stat().st_size > 0
@@ -174,7 +177,7 @@ def test_bad_paths_and_labels_end_with_one_error_line(sweep, tmp_path, capsys):
         ([str(tmp_path / "empty")], f"{tmp_path / 'empty'}: no run in it"),
         ([str(sweep), "--labels", "a"], "--labels: 1 labels for 4 runs"),
     ]:
-        assert report.main([*args, "--out", str(tmp_path / "out")]) == 2
+        assert cli.main([*args, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -184,8 +187,8 @@ def test_sweeps_expand_in_numeric_order_without_hidden_or_wandb_directories(tmp_
     for job in ("10", "2", "1", "1/.hydra", "2/wandb", "3/figures"):
         (tmp_path / job).mkdir(parents=True)
         (tmp_path / job / "metrics.csv").write_text("epoch,step\n")
-    assert report.find_run_dirs(tmp_path) == [tmp_path / j for j in ("1", "2", "3/figures", "10")]
-    assert report.unique_labels([tmp_path / "a" / "0", tmp_path / "b" / "0"]) == ["a/0", "b/0"]
+    assert run_io.find_run_dirs(tmp_path) == [tmp_path / j for j in ("1", "2", "3/figures", "10")]
+    assert run_io.unique_labels([tmp_path / "a" / "0", tmp_path / "b" / "0"]) == ["a/0", "b/0"]
 
 
 def test_wandb_errors_end_with_one_error_line(tmp_path, monkeypatch, capsys):
@@ -198,7 +201,7 @@ def test_wandb_errors_end_with_one_error_line(tmp_path, monkeypatch, capsys):
         (no_api, ["--wandb-filter", "{group"], "--wandb-filter: not JSON"),
     ]:
         monkeypatch.setattr(wandb, "Api", api)
-        assert report.main(["--wandb", "me/p", *args, "--out", str(tmp_path / "out")]) == 2
+        assert cli.main(["--wandb", "me/p", *args, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -256,7 +259,7 @@ def test_wandb_runs_join_the_table_and_curves(sweep, tmp_path, monkeypatch):
     api = FakeApi([fake_wandb_run()])
     monkeypatch.setattr(wandb, "Api", lambda: api)
     out = tmp_path / "report"
-    assert report.main([str(sweep / "elbo"), "--wandb", "me/intvae", "--wandb-filter",
+    assert cli.main([str(sweep / "elbo"), "--wandb", "me/intvae", "--wandb-filter",
                         '{"group": "g"}', "--out", str(out)]) == 0
     assert api.calls == [("me/intvae", {"group": "g"})]
     with open(out / "table.csv", newline="") as file:
@@ -268,7 +271,7 @@ def test_wandb_runs_join_the_table_and_curves(sweep, tmp_path, monkeypatch):
         "bound": "ielbo", "likelihood": "gaussian", "noise": "none", "epochs": "2",
         "train bound": "-1700.25", "test log P(I)": "-1699.5", "K": "100", "bits/dim": "2.76",
         "min decoder std": "0.02", "wall time (s)": "570.2", "status": "finished"}
-    run = report.load_wandb_runs("me/intvae", api=api)[0]
-    assert report.series(run, "val/bound")[1].tolist() == [-1800.0, -1710.5]
-    assert report.series(run, "test/bound")[0].tolist() == [2]
+    run = run_io.load_wandb_runs("me/intvae", api=api)[0]
+    assert run_io.series(run, "val/bound")[1].tolist() == [-1800.0, -1710.5]
+    assert run_io.series(run, "test/bound")[0].tolist() == [2]
     assert all((out / name).stat().st_size > 0 for name in FILES)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import TINY
 
-from intvae.checkpoints import read_checkpoint
-from intvae.config import ConfigError
-from intvae.resume import EpochSeeds
-from intvae.train import train
+from intvae.app.errors import ConfigError
+from intvae.app.resume import EpochSeeds
+from intvae.app.runs import read_checkpoint
+from intvae.app.train import train
 
 RUN = [*TINY, "trainer.max_epochs=3"]
 """Three epochs of two steps, figures drawn after every epoch (they draw random numbers after

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import TINY
 
+from intvae.app.train import main, train
 from intvae.bounds import REGISTRY
-from intvae.train import main, train
 
 INTERVAL_BOUNDS = {"ielbo", "iw_ielbo", "irelbo"}
 
@@ -73,7 +73,8 @@ def test_the_smoke_experiment(compose_train):
 
 def test_bits_per_dim_where_the_intervals_are_discrete(compose_train, tmp_path):
     """delta at most half the level spacing (0.998 / 255 / 2 = 0.00196): a discrete likelihood
-    (spec section 8), bits per dimension = -log P(I) / (784 log 2)."""
+    (``docs/math.md#discrete-likelihood-and-bits-per-dimension``), bits per dimension =
+    -log P(I) / (784 log 2)."""
     results = train(compose_train(*TINY, "delta=0.0019", "debug=fdr"))
     assert results["bits_per_dim"] == pytest.approx(
         -results["test_log_likelihood"] / (784 * 0.6931471805599453))

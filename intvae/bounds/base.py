@@ -1,6 +1,6 @@
 """What every bound shares: the result structure, importance sampling and the registry.
 
-Notation (``../shared/spec/bounds.md``): q(z | x) = N(m(x), diag s(x)^2) the encoder, p(z) =
+Notation (``docs/math.md#notation``): q(z | x) = N(m(x), diag s(x)^2) the encoder, p(z) =
 N(0, I) the prior, p(x | z) the decoder likelihood, log w_k = log p(z_k) - log q(z_k | x) the
 importance log-weight of a sample z_k ~ q.
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import distributions as dist
 
-from intvae.checks import positive_int
-from intvae.likelihoods import Likelihood
+from intvae.checks import ParameterError, positive_int
+from intvae.likelihoods import DENSITY, INTERVAL, POWER, Likelihood
 
 REGISTRY: dict[str, type["Bound"]] = {}
 
@@ -37,7 +37,7 @@ def register(name: str):
 def get_bound(name: str) -> type["Bound"]:
     """The bound class registered as ``name``."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown bound {name!r}: choose one of {sorted(REGISTRY)}")
+        raise ParameterError(f"bound={name!r} is invalid: bound must be one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -74,22 +74,47 @@ def mean_over_samples_logsumexp(log_terms: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_terms, dim=0) - math.log(log_terms.shape[0])
 
 
+NEEDS = {DENSITY: "the density", INTERVAL: "interval probabilities",
+         POWER: "the integral of the density to the power beta over the interval"}
+SUITED = {DENSITY: "any likelihood", INTERVAL: "gaussian, logit_normal or continuous_bernoulli",
+          POWER: "gaussian"}
+
+
+def check_likelihood(bound: str, requires: str, likelihood: type[Likelihood]) -> None:
+    """Refuse, with a message naming both, a likelihood class without the capability
+    ``requires`` that bound ``bound`` needs (``Likelihood.capabilities``)."""
+    if requires not in likelihood.capabilities:
+        raise ParameterError(
+            f"likelihood={likelihood.__name__} is invalid with bound={bound}: the bound needs "
+            f"{NEEDS[requires]}, which the {likelihood.__name__} likelihood does not provide; "
+            f"use {SUITED[requires]}")
+
+
 class Bound:
-    """A lower bound on log p(x) or log P(I(x)) estimated with ``samples`` draws of z."""
+    """A lower bound on log p(x) or log P(I(x)) estimated with ``samples`` draws of z; it needs
+    the capability ``requires`` of the decoder's likelihood."""
 
     name = "bound"
+    requires = DENSITY
 
     def __init__(self, samples: int = 1):
         self.samples = positive_int("samples", samples)
 
+    def check_likelihood(self, likelihood: type[Likelihood]) -> None:
+        """Refuse a likelihood class that lacks what this bound needs."""
+        check_likelihood(self.name, self.requires, likelihood)
+
     def draw(self, vae, x: torch.Tensor, samples: int | None = None) -> Samples:
-        """Encode x, draw ``samples`` (default ``self.samples``) z's, decode them."""
+        """Encode x, draw ``samples`` (default ``self.samples``) z's, decode them (after
+        checking that the decoder's likelihood has what this bound needs)."""
         q = vae.encode(x)
         z = q.rsample((samples or self.samples,))
         prior = dist.Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
         log_w = (prior.log_prob(z) - q.log_prob(z)).sum(-1)
         kl = dist.kl_divergence(q, prior).sum(-1)
-        return Samples(log_w=log_w, kl=kl, likelihood=vae.decode(z))
+        likelihood = vae.decode(z)
+        self.check_likelihood(type(likelihood))
+        return Samples(log_w=log_w, kl=kl, likelihood=likelihood)
 
     def __call__(self, vae, x: torch.Tensor) -> BoundResult:
         raise NotImplementedError
@@ -99,15 +124,17 @@ class Bound:
         return f"{type(self).__name__}({params})"
 
 
-def log_interval_prob(likelihood: Likelihood, interval, x: torch.Tensor) -> torch.Tensor:
-    """log P(I(x) | z_k) = sum_d log P(lo_d < X_d < hi_d | z_k), shape (K, B)."""
+def log_data(likelihood: Likelihood, x: torch.Tensor, interval=None) -> torch.Tensor:
+    """The data term of each sample, shape (K, B): log p(x | z_k) = sum_d log p(x_d | z_k) for
+    ``interval`` None, else log P(I(x) | z_k) = sum_d log P(lo_d < X_d < hi_d | z_k)."""
+    if interval is None:
+        return likelihood.log_prob(x).sum(-1)
     lo, hi = interval(x)
     return likelihood.log_interval_prob(lo, hi).sum(-1)
 
 
-def check_interval_likelihood(likelihood: Likelihood, bound: str) -> None:
-    """Refuse, with a clear message, a likelihood that has no interval probability."""
-    if not likelihood.has_interval:
-        raise TypeError(f"bound {bound!r} needs interval probabilities, which the "
-                        f"{type(likelihood).__name__} likelihood does not have; use gaussian, "
-                        "logit_normal or continuous_bernoulli")
+def log_weights(s: Samples, x: torch.Tensor, interval=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(data term, importance log-weight data + log w_k) of each sample, each (K, B), for the
+    density (``interval`` None) or the interval likelihood (``log_data``)."""
+    data = log_data(s.likelihood, x, interval)
+    return data, data + s.log_w

@@ -2,7 +2,7 @@
 
 ELBO = E_q[log p(x | z)] - KL(q(z | x) || p(z)), estimated with K samples of z and the KL in
 closed form. Each Gaussian pixel contributes -log sigma - (x - mu)^2 / (2 sigma^2) - log(2 pi)/2,
-which grows without limit as sigma -> 0 (``../shared/spec/bounds.md`` section 1).
+which grows without limit as sigma -> 0 (``docs/math.md#density-bounds``).
 """
 
 from intvae.bounds.base import Bound, BoundResult, register

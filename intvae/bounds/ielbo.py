@@ -1,4 +1,4 @@
-"""The integral ELBO (IELBO): paper eq. (2), ``../shared/spec/bounds.md`` section 3.
+"""The integral ELBO (IELBO): paper eq. (2), ``docs/math.md#the-ielbo``.
 
 IELBO = E_q[log P(I | z)] - KL(q(z | x) || p(z)),  log P(I | z) = sum_d log(Phi(b_d) - Phi(a_d)),
 a lower bound on log P(I) = log int_I p(x') dx' by Jensen's inequality, with q fixed at the
@@ -12,18 +12,16 @@ import math
 
 import torch
 
-from intvae.bounds.base import (
-    Bound,
-    BoundResult,
-    check_interval_likelihood,
-    register,
-)
+from intvae.bounds.base import Bound, BoundResult, register
 from intvae.checks import finite_float, require
+from intvae.likelihoods import INTERVAL
 
 
 @register("ielbo")
 class IELBO(Bound):
     """IELBO with ``samples`` draws of z averaged in the data term."""
+
+    requires = INTERVAL
 
     def __init__(self, interval, samples: int = 1, normalized: bool = False,
                  tolerance: float = 0.0):
@@ -47,6 +45,5 @@ class IELBO(Bound):
 
     def __call__(self, vae, x) -> BoundResult:
         s = self.draw(vae, x)
-        check_interval_likelihood(s.likelihood, self.name)
         recon = self.pixel_terms(s.likelihood, x).sum(-1).mean(0)
         return BoundResult(recon - s.kl, recon, s.kl, None, s.likelihood)

@@ -1,4 +1,4 @@
-"""The importance-weighted IELBO, ``../shared/spec/bounds.md`` section 4.
+"""The importance-weighted IELBO, ``docs/math.md#the-importance-weighted-ielbo``.
 
 IW-IELBO_K = log (1/K) sum_k exp(log P(I | z_k) + log w_k),  z_k ~ q(z | x),
 the IWAE construction (Burda, Grosse and Salakhutdinov 2016) applied to the interval
@@ -10,16 +10,18 @@ metric "interval log-likelihood".
 from intvae.bounds.base import (
     Bound,
     BoundResult,
-    check_interval_likelihood,
-    log_interval_prob,
+    log_weights,
     mean_over_samples_logsumexp,
     register,
 )
+from intvae.likelihoods import INTERVAL
 
 
 @register("iw_ielbo")
 class IWIELBO(Bound):
     """IW-IELBO with K = ``samples`` importance samples."""
+
+    requires = INTERVAL
 
     def __init__(self, interval, samples: int = 10):
         super().__init__(samples)
@@ -27,8 +29,6 @@ class IWIELBO(Bound):
 
     def __call__(self, vae, x) -> BoundResult:
         s = self.draw(vae, x)
-        check_interval_likelihood(s.likelihood, self.name)
-        data = log_interval_prob(s.likelihood, self.interval, x)
-        log_weights = data + s.log_w
-        return BoundResult(mean_over_samples_logsumexp(log_weights), data.mean(0), s.kl,
-                           log_weights, s.likelihood)
+        data, weights = log_weights(s, x, self.interval)
+        return BoundResult(mean_over_samples_logsumexp(weights), data.mean(0), s.kl, weights,
+                           s.likelihood)

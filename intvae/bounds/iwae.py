@@ -4,7 +4,13 @@ IWAE_K = log (1/K) sum_k exp(log p(x | z_k) + log w_k),  z_k ~ q(z | x).
 With K = 1 it is the single-sample ELBO; it increases with K towards log p(x).
 """
 
-from intvae.bounds.base import Bound, BoundResult, mean_over_samples_logsumexp, register
+from intvae.bounds.base import (
+    Bound,
+    BoundResult,
+    log_weights,
+    mean_over_samples_logsumexp,
+    register,
+)
 
 
 @register("iwae")
@@ -16,7 +22,6 @@ class IWAE(Bound):
 
     def __call__(self, vae, x) -> BoundResult:
         s = self.draw(vae, x)
-        data = s.likelihood.log_prob(x).sum(-1)
-        log_weights = data + s.log_w
-        return BoundResult(mean_over_samples_logsumexp(log_weights), data.mean(0), s.kl,
-                           log_weights, s.likelihood)
+        data, weights = log_weights(s, x)
+        return BoundResult(mean_over_samples_logsumexp(weights), data.mean(0), s.kl,
+                           weights, s.likelihood)

@@ -4,7 +4,13 @@ MIWAE_{M,K} = (1/M) sum_m log (1/K) sum_k exp(log p(x | z_{m,k}) + log w_{m,k}):
 the average of M independent IWAE_K estimates. M = 1 is IWAE_K; K = 1 the ELBO with M samples.
 """
 
-from intvae.bounds.base import Bound, BoundResult, mean_over_samples_logsumexp, register
+from intvae.bounds.base import (
+    Bound,
+    BoundResult,
+    log_weights,
+    mean_over_samples_logsumexp,
+    register,
+)
 from intvae.checks import positive_int
 
 
@@ -19,8 +25,7 @@ class MIWAE(Bound):
     def __call__(self, vae, x) -> BoundResult:
         m, k = self.outer_samples, self.samples
         s = self.draw(vae, x, samples=m * k)
-        data = s.likelihood.log_prob(x).sum(-1)
-        log_weights = data + s.log_w
-        grouped = log_weights.reshape(m, k, -1).transpose(0, 1)  # (K, M, B)
+        data, weights = log_weights(s, x)
+        grouped = weights.reshape(m, k, -1).transpose(0, 1)  # (K, M, B)
         value = mean_over_samples_logsumexp(grouped).mean(0)
-        return BoundResult(value, data.mean(0), s.kl, log_weights, s.likelihood)
+        return BoundResult(value, data.mean(0), s.kl, weights, s.likelihood)

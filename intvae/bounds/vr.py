@@ -1,11 +1,17 @@
-"""The Renyi variational bound VR-alpha (Li and Turner 2016), ``bounds.md`` section 6.
+"""The Renyi variational bound VR-alpha (Li and Turner 2016), ``docs/math.md#density-bounds``.
 
 VR_alpha = (1/beta) [logsumexp_k(beta (log p(x | z_k) + log w_k)) - log K],  beta = 1 - alpha.
 alpha = 0 is the IWAE bound; alpha -> 1 the ELBO; alpha -> -infinity VR-max. For alpha < 0 the
 estimate is an upper bound of the Renyi divergence objective, as in the original paper.
 """
 
-from intvae.bounds.base import Bound, BoundResult, mean_over_samples_logsumexp, register
+from intvae.bounds.base import (
+    Bound,
+    BoundResult,
+    log_weights,
+    mean_over_samples_logsumexp,
+    register,
+)
 from intvae.checks import finite_float, require
 
 
@@ -21,8 +27,7 @@ class VR(Bound):
 
     def __call__(self, vae, x) -> BoundResult:
         s = self.draw(vae, x)
-        data = s.likelihood.log_prob(x).sum(-1)
-        log_weights = data + s.log_w
+        data, weights = log_weights(s, x)
         beta = 1.0 - self.alpha
-        value = mean_over_samples_logsumexp(beta * log_weights) / beta
-        return BoundResult(value, data.mean(0), s.kl, log_weights, s.likelihood)
+        value = mean_over_samples_logsumexp(beta * weights) / beta
+        return BoundResult(value, data.mean(0), s.kl, weights, s.likelihood)

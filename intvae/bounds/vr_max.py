@@ -4,7 +4,7 @@ VR-max = max_k (log p(x | z_k) + log w_k): the gradient flows through the larges
 Not a lower bound on log p(x) in general (it can exceed it for small K); reported as trained.
 """
 
-from intvae.bounds.base import Bound, BoundResult, register
+from intvae.bounds.base import Bound, BoundResult, log_weights, register
 
 
 @register("vr_max")
@@ -16,7 +16,6 @@ class VRMax(Bound):
 
     def __call__(self, vae, x) -> BoundResult:
         s = self.draw(vae, x)
-        data = s.likelihood.log_prob(x).sum(-1)
-        log_weights = data + s.log_w
-        return BoundResult(log_weights.max(0).values, data.mean(0), s.kl, log_weights,
+        data, weights = log_weights(s, x)
+        return BoundResult(weights.max(0).values, data.mean(0), s.kl, weights,
                            s.likelihood)

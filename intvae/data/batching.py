@@ -25,6 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from intvae.checks import ParameterError
+
 SHUFFLE_STREAM = 0
 """Stream number of the per-epoch permutations in ``derive_seed``."""
 
@@ -47,10 +49,10 @@ def train_batch_indices(
 
 
 def num_train_batches(n: int, batch_size: int, world_size: int = 1) -> int:
-    """Full training batches per rank; ``ValueError`` if there is not even one."""
+    """Full training batches per rank; ``ParameterError`` if there is not even one."""
     batches = (n // world_size) // batch_size
     if batches == 0:
-        raise ValueError(
+        raise ParameterError(
             f"{n} training images cannot fill one batch of {batch_size} on each of "
             f"{world_size} rank(s)"
         )
@@ -76,7 +78,7 @@ def eval_batch_bounds(
     batches = max(1, math.ceil(max(hi - lo for lo, hi in chunks) / batch_size))
     lo, hi = chunks[rank]
     if hi - lo < batches:
-        raise ValueError(
+        raise ParameterError(
             f"{n} evaluation images cannot be cut into equally many batches of at most "
             f"{batch_size} on each of {world_size} ranks; use a larger eval_batch_size"
         )

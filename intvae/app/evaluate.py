@@ -1,0 +1,130 @@
+"""The evaluation app: ``intvae-evaluate run=<run dir or checkpoint> [key=value ...]``.
+
+A Hydra app like ``intvae-train`` (same override syntax, ``--help``, ``--cfg job``; root config
+``conf/evaluate.yaml``). It estimates the importance-sampled log-likelihood of a trained run's
+test (or validation) images (``intvae.estimate``, ``docs/math.md``) and adds the result to the
+run's ``results.json``; it writes nothing else. ``intvae.app.train`` calls ``evaluate`` at the
+end of every run.
+
+    log P(I(x)) ~ log (1/K) sum_k P(I(x) | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
+
+under the run's own intervals; for a likelihood without interval probabilities (bernoulli,
+beta) the density log p(x) instead (IWAE_K). Bits per dimension, -log P / (D log 2), need a
+discrete likelihood: intervals of neighbouring 8-bit levels that do not overlap. Where the run's
+intervals are not one (the paper's fixed delta), the same samples also give log P under the
+8-bit bins (``intvae.intervals.Bins``), so every run gets bits per dimension; the samples are
+shared, each decoded once (``intvae.estimate.log_likelihoods``).
+
+K defaults to 5000 on a GPU, the papers' value, and to 100 on the CPU, where 5000 samples of
+the 10,000 MNIST test images would take hours. Checkpoints are read with ``weights_only=True``
+and their config is admitted only if it names intvae's own classes (``intvae.app.runs``): a
+corrupt, truncated or malicious file ends the program with one line naming it.
+"""
+
+# isort: off
+import intvae.app.tool_caches  # noqa: F401  (first: keeps the tools' caches in intvae's cache folder)
+# isort: on
+import math
+import time
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from intvae.app.build import select_kernels
+from intvae.app.config import CONF_MODULE, check_evaluation
+from intvae.app.errors import one_line_errors
+from intvae.app.runs import (
+    RESULTS_FILE,
+    find_checkpoint,
+    load_checkpoint,
+    load_vae,
+    read_results,
+    update_results,
+)
+from intvae.estimate import DEFAULT_CHUNK_ELEMENTS, log_likelihoods
+from intvae.intervals import Bins
+from intvae.likelihoods import INTERVAL
+from intvae.networks import VAE
+
+DEFAULT_SAMPLES = {"cpu": 100, "cuda": 5000}
+
+
+def resolve_samples(samples, device: torch.device) -> int:
+    """K: ``samples``, or for ``auto`` the default of ``device``'s type."""
+    if samples == "auto":
+        return DEFAULT_SAMPLES.get(device.type, DEFAULT_SAMPLES["cuda"])
+    return samples
+
+
+def likelihood_kind(vae: VAE) -> str:
+    """``"interval"`` if the decoder's likelihood has interval probabilities (its declared
+    ``capabilities``), else ``"density"``."""
+    return INTERVAL if INTERVAL in vae.head.likelihood.capabilities else "density"
+
+
+def evaluate(vae: VAE, interval, datamodule, samples, device: torch.device,
+             split: str = "test", chunk_elements: int | str = DEFAULT_CHUNK_ELEMENTS,
+             limit_batches: int | None = None, progress: bool = True,
+             bits_per_dim: bool = True) -> dict:
+    """The ``results.json`` fields of the log-likelihood of ``split`` (test or val), on one
+    device (exact: every image counted once): ``<split>_log_likelihood`` under the run's
+    intervals (or the density), ``k``, ``eval_images``, and with ``bits_per_dim`` the estimate
+    under the 8-bit bins, ``<split>_log_likelihood_bins``, and ``bits_per_dim`` (module
+    docstring)."""
+    check_evaluation({"samples": samples, "split": split, "chunk_elements": chunk_elements,
+                      "limit_batches": limit_batches, "bits_per_dim": bits_per_dim}, "")
+    k = resolve_samples(samples, device)
+    datamodule.setup("test" if split == "test" else "validate")
+    loader = datamodule.whole_split(split)  # never a DDP rank's shard
+    batches = [x.to(device) for x in list(loader)[:limit_batches]]
+    kind = likelihood_kind(vae.to(device))
+    estimates = {"own": interval if kind == INTERVAL else None}
+    discrete = kind == INTERVAL and interval.is_discrete(datamodule.levels, datamodule.eps)
+    if kind == INTERVAL and not discrete and bits_per_dim:
+        estimates["bins"] = Bins(datamodule.levels, datamodule.eps)
+    start = time.perf_counter()
+    values = log_likelihoods(vae, batches, k, estimates, chunk_elements, progress)
+    fields = {f"{split}_log_likelihood": values["own"].mean().item(),
+              "log_likelihood_kind": kind, "k": k, "eval_images": len(values["own"]),
+              "bits_per_dim": None}
+    if "bins" in values:
+        fields[f"{split}_log_likelihood_bins"] = values["bins"].mean().item()
+    if discrete or "bins" in values:
+        log_p = values["own" if discrete else "bins"].mean().item()
+        fields["bits_per_dim"] = -log_p / (datamodule.num_pixels * math.log(2))
+    fields["eval_seconds"] = round(time.perf_counter() - start, 1)
+    return fields
+
+
+def reevaluate(cfg: DictConfig) -> dict:
+    """Evaluate the run ``cfg.run`` as ``cfg`` says and add the fields to its
+    ``results.json``; return what was written."""
+    check_evaluation(cfg, "")
+    ckpt, run_dir = find_checkpoint(cfg.run)
+    read_results(run_dir / RESULTS_FILE)  # an unreadable record fails before the work, not after
+    checkpoint, config = load_checkpoint(ckpt)
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
+    run_cfg = OmegaConf.merge(config, {"data": data})
+    datamodule = instantiate(run_cfg.data)
+    vae = load_vae(checkpoint, run_cfg, datamodule.num_pixels)
+    interval = instantiate(run_cfg.interval)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    grey = torch.full((2, vae.num_pixels), 0.5)
+    probe = {"own": interval if likelihood_kind(vae) == INTERVAL else None}
+    select_kernels(vae, cfg.compile, lambda: log_likelihoods(vae, [grey], 2, probe, progress=False))
+    fields = evaluate(vae, interval, datamodule, cfg.samples, device, cfg.split,
+                      cfg.chunk_elements, cfg.limit_batches, bits_per_dim=cfg.bits_per_dim)
+    return update_results(run_dir / RESULTS_FILE, **fields, checkpoint=str(ckpt))
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="evaluate")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    """Hydra's entry point: ``reevaluate`` and print the run's updated results as YAML."""
+    print(OmegaConf.to_yaml(reevaluate(cfg)), end="")
+
+
+if __name__ == "__main__":
+    main()
