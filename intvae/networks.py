@@ -43,15 +43,24 @@ class VAE(nn.Module):
         super().__init__()
         self.num_pixels = positive_int("num_pixels", num_pixels)
         self.latent = positive_int("latent", latent)
-        hidden = [positive_int("hidden", h) for h in hidden]
+        self.hidden = [positive_int("hidden", h) for h in hidden]
+        self.activation = activation
         self.head = head
-        self.encoder = mlp([num_pixels, *hidden, 2 * latent], activation, bias_init)
-        self.decoder = mlp([latent, *reversed(hidden), head.params_per_pixel * num_pixels],
+        self.encoder = mlp([num_pixels, *self.hidden, 2 * latent], activation, bias_init)
+        self.decoder = mlp([latent, *reversed(self.hidden), head.params_per_pixel * num_pixels],
                            activation, bias_init)
 
     def encode(self, x: torch.Tensor) -> dist.Normal:
-        loc, log_scale = self.encoder(x).chunk(2, dim=-1)
+        loc, log_scale = at_least_float32(self.encoder(x)).chunk(2, dim=-1)
         return dist.Normal(loc, torch.exp(log_scale), validate_args=False)
 
     def decode(self, z: torch.Tensor) -> Likelihood:
-        return self.head(self.decoder(z))
+        return self.head(at_least_float32(self.decoder(z)))
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is in a narrower float (bfloat16 or float16, what the linear
+    layers return under mixed precision), so that q(z | x), the KL and the likelihood's
+    parameters are computed in float32: bfloat16 would round the decoder's mean to about 0.002,
+    a fifth of the interval half-width 0.01."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t

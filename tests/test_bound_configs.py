@@ -52,15 +52,8 @@ def instantiate_bound(*overrides: str):
 # ------------------------------------------------------------------ one config per bound
 
 
-def test_every_registered_bound_has_a_config():
-    missing = [name for name in REGISTRY if not (CONF / "bound" / f"{name}.yaml").is_file()]
-    assert not missing
-
-
-def test_every_bound_config_names_a_registered_bound():
-    names = {path.stem for path in (CONF / "bound").glob("*.yaml")}
-    assert names - set(REGISTRY) == set()
-    assert names == set(REGISTRY)
+def test_one_config_per_registered_bound():
+    assert sorted(path.stem for path in (CONF / "bound").glob("*.yaml")) == sorted(REGISTRY)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -76,11 +69,6 @@ def test_bound_config_instantiates_to_the_registered_class(name):
         assert bound.outer_samples == 5
     if name == "ielbo":
         assert bound.normalized is False and bound.tolerance == 0.0
-
-
-def test_default_bound_is_the_ielbo():
-    with hydra_config() as cfg:
-        assert type(instantiate(cfg.bound)) is REGISTRY["ielbo"]
 
 
 # ------------------------------------------------------ forward and backward through the VAE

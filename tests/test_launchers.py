@@ -1,11 +1,11 @@
 """Launchers (``intvae.launch``, ``conf/hydra/launcher/``): parallel sweeps with one GPU per
-worker process (fake GPU ids on the CPU), and Slurm through submitit without a cluster: the
-sbatch script the real launcher writes, and a job preempted by submitit's own signal handler,
-requeued, resumed from its ``last.ckpt`` into the same W&B run."""
+worker process (fake GPU ids on the CPU), and Slurm through the real Hydra submitit launcher and
+submitit on a one-node Slurm made of four shell scripts (sbatch, srun, scontrol, sacct): the
+sbatch script the launcher writes, run as a node would, and a job preempted by submitit's own
+signal handler, requeued, resumed from its ``last.ckpt`` into the same W&B run."""
 
 import json
 import os
-import pickle
 import re
 import signal
 import sys
@@ -135,15 +135,6 @@ def test_a_joblib_sweep_pins_each_worker_to_its_own_gpu(monkeypatch, app_env, tm
 # ------------------------------------------------------------------ Slurm
 
 
-def test_the_slurm_launcher_settings():
-    launcher = launcher_config("slurm", "hydra.sweep.dir=/sweep")
-    assert launcher["_target_"].endswith("SlurmLauncher")
-    expected = {"gpus_per_node": 1, "tasks_per_node": 1, "timeout_min": 240,
-                "signal_delay_s": 120, "max_num_timeout": 10, "partition": None,
-                "submitit_folder": "/sweep/.submitit/%j"}
-    assert {k: launcher[k] for k in expected} == expected
-
-
 class PreemptOnce(L.Callback):
     """Sends this process ``USR2`` (what Slurm sends ``signal_delay_s`` before the time limit,
     or on preemption) at the start of epoch 1 of job 0, once: submitit's handler then
@@ -159,58 +150,81 @@ class PreemptOnce(L.Callback):
             os.kill(os.getpid(), signal.SIGUSR2)
 
 
-SLURM_ENV = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_JOB_ID": "4243",
-             "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
-             "SLURM_JOB_NODELIST": "localhost", "SLURM_NODELIST": "localhost",
-             "SLURM_JOB_NAME": "train"}
+FAKE_SLURM = {
+    "sbatch": r"""#!/bin/bash
+# sbatch SCRIPT: keep a copy of SCRIPT (as Slurm does), answer with the job id, then run its
+# array tasks in the background on this node, one after another, each again (at most 3 times)
+# while `scontrol requeue` asked for it; sacct reports a task COMPLETED once it ran.
+spool="$FAKE_SLURM_SPOOL"; job=4242
+cp "$1" "$spool/job-$job.sh"
+echo "$1" >> "$spool/sbatch.log"
+range=$(sed -n 's/^#SBATCH --array=\([0-9]*-[0-9]*\).*/\1/p' "$1")
+(
+  for task in $(seq "${range%-*}" "${range#*-}"); do
+    for attempt in 1 2 3; do
+      rm -f "$spool/requeue-${job}_$task"
+      SLURM_ARRAY_JOB_ID=$job SLURM_ARRAY_TASK_ID=$task SLURM_JOB_ID=$((job + 1 + task)) \
+      SLURM_NTASKS=1 SLURM_NTASKS_PER_NODE=1 SLURM_JOB_NUM_NODES=1 SLURM_NNODES=1 \
+      SLURM_JOB_NODELIST=localhost SLURM_NODELIST=localhost SLURM_JOB_NAME=train \
+        timeout 300 bash "$spool/job-$job.sh" >> "$spool/node.log" 2>&1
+      [ -e "$spool/requeue-${job}_$task" ] || break
+    done
+    echo "${job}_$task|COMPLETED|localhost" >> "$spool/states"
+  done
+) < /dev/null > /dev/null 2>&1 &
+echo "Submitted batch job $job"
+""",
+    "srun": r"""#!/bin/bash
+# srun [OPTIONS] COMMAND...: one task, rank 0, on this node.
+while [[ "$1" == -* ]]; do
+  case "$1" in --output|--error|-o|-e) shift 2;; *) shift;; esac
+done
+SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NODEID=0 exec "$@"
+""",
+    "scontrol": r"""#!/bin/bash
+# scontrol requeue JOBID: recorded; sbatch's loop runs the task again.
+echo "$*" >> "$FAKE_SLURM_SPOOL/scontrol.log"
+[ "$1" = requeue ] && touch "$FAKE_SLURM_SPOOL/requeue-$2"
+""",
+    "sacct": r"""#!/bin/bash
+echo "JobID|State|NodeList"
+cat "$FAKE_SLURM_SPOOL/states" 2>/dev/null
+exit 0
+""",
+}
+"""A one-node Slurm in four shell scripts, put first on PATH: what submitit calls (sbatch, srun,
+scontrol requeue, sacct), doing what Slurm would do on one node, nothing of submitit's or
+Hydra's Python replaced."""
+
+
+def install_fake_slurm(monkeypatch, tmp_path) -> Path:
+    """The fake Slurm commands on PATH; returns its spool directory (copies of the submitted
+    scripts, node.log with the tasks' output, scontrol.log)."""
+    bin_dir, spool = tmp_path / "slurm-bin", tmp_path / "slurm-spool"
+    bin_dir.mkdir()
+    spool.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_SPOOL", str(spool))
+    return spool
 
 
 def test_slurm_submission_preemption_and_requeue(monkeypatch, app_env, tmp_path):
-    """``python -m intvae.train -m hydra/launcher=slurm ...`` through the real Hydra submitit
-    launcher and submitit, with ``sbatch`` replaced by an echo of a job id and each array task
-    run here as the node would run it (``submitit.core.submission.process_job`` with Slurm's
-    environment variables). Job 0 gets ``USR2`` at the start of epoch 1: submitit's own handler
-    checkpoints it (the launcher resubmits the same job), "requeues" it (``scontrol requeue``,
-    recorded) and exits; the requeued job resumes from ``last.ckpt`` in the same directory and
-    logs into the same W&B run (offline)."""
-    from submitit.core.submission import process_job
-    from submitit.slurm.slurm import SlurmExecutor, SlurmJob, SlurmJobEnvironment
-
-    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
-    monkeypatch.setattr(SlurmExecutor, "_make_submission_command",
-                        lambda self, path: ["echo", "Submitted batch job 4242"])
-    requeued = []
-    monkeypatch.setattr(SlurmJobEnvironment, "_requeue",
-                        lambda self, countdown: requeued.append((self.job_id, countdown)))
+    """``python -m intvae.train -m hydra/launcher=slurm ... seed=0,1`` through the real Hydra
+    submitit launcher and submitit, on a one-node Slurm made of shell scripts (``FAKE_SLURM``):
+    the sbatch script submitit writes from ``conf/hydra/launcher/slurm.yaml`` runs under bash,
+    srun starts ``python -m submitit.core._submit`` in a fresh process with Slurm's environment
+    variables, and the launcher collects the results as on a cluster. Job 0 gets ``USR2`` at the
+    start of epoch 1: submitit's own handler checkpoints it (the launcher resubmits the same
+    job), requeues it (``scontrol requeue``) and exits; Slurm runs the task again, which resumes
+    from ``last.ckpt`` in the same directory and logs into the same W&B run (offline)."""
+    spool = install_fake_slurm(monkeypatch, tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("SUBMITIT_FOLDER", "")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
     sweep = tmp_path / "sweep"
-    folder = f"{sweep}/.submitit/%j"
-
-    def run_on_the_node(job):  # replaces SlurmJob.results: the array task, then its outcome
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM,
-                                                     signal.SIGCONT)}
-        with monkeypatch.context() as env:
-            for key, value in {**SLURM_ENV, "SLURM_ARRAY_TASK_ID": job.job_id.split("_")[1]
-                               }.items():
-                env.setenv(key, value)
-            try:
-                for _ in range(3):  # the first attempt, and the attempts after requeues
-                    try:
-                        process_job(folder)
-                        break
-                    except SystemExit:  # submitit's handler: checkpointed, requeued, exited
-                        continue
-            finally:
-                for number, handler in handlers.items():
-                    signal.signal(number, handler)
-        with open(job.paths.result_pickle, "rb") as file:
-            outcome, result = pickle.load(file)
-        assert outcome == "success", result
-        return [result]
-
-    monkeypatch.setattr(SlurmJob, "results", run_on_the_node)
     monkeypatch.setattr(sys, "argv", [
         "intvae.train", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
         "logger=wandb", *TINY, "trainer.max_epochs=2", "evaluate.enabled=false",
@@ -218,8 +232,9 @@ def test_slurm_submission_preemption_and_requeue(monkeypatch, app_env, tmp_path)
         f"+callbacks.preempt.marker={tmp_path}/preempted", f"hydra.sweep.dir={sweep}",
         "seed=0,1"])
     main()
+    node_log = (spool / "node.log").read_text()
 
-    script = (sweep / ".submitit" / "4242" / "4242_submission.sh").read_text()
+    script = (spool / "job-4242.sh").read_text()
     for option in ("--partition=gpu", "--gpus-per-node=1", "--ntasks-per-node=1",
                    "--cpus-per-task=8", "--mem=32GB", "--time=240", "--signal=USR2@120",
                    "--array=0-1%2", "--open-mode=append", "--job-name=train",
@@ -227,11 +242,13 @@ def test_slurm_submission_preemption_and_requeue(monkeypatch, app_env, tmp_path)
         assert f"#SBATCH {option}\n" in script, (option, script)
     assert "export SUBMITIT_EXECUTOR=slurm\nsrun --unbuffered" in script
     assert f"-m submitit.core._submit {sweep}/.submitit/%j" in script
-    assert requeued == [("4242_0", 10)]  # max_num_timeout requeues left (a preemption: 10)
+    assert (spool / "scontrol.log").read_text() == "requeue 4242_0\n", node_log[-3000:]
+    # max_num_timeout (10) requeues left: a preemption does not count as a timeout.
+    assert "Requeued job 4242_0 (10 remaining timeouts)" in node_log
     for job in (0, 1):
         run = sweep / str(job)
         results = json.loads((run / "results.json").read_text())
-        assert (results["status"], results["epochs"]) == ("completed", 2)
+        assert (results["status"], results["epochs"]) == ("completed", 2), node_log[-3000:]
         attempts = sorted((run / "wandb").glob("offline-run-*"))
         assert [p.name.rsplit("-", 1)[1] for p in attempts] == [run_id(run)] * (2 - job)
         assert len(list(attempts[-1].glob(f"run-{run_id(run)}.wandb"))) == 1

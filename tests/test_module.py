@@ -1,19 +1,23 @@
-"""The LightningModule, its metrics and the non-finite guard, with a tiny VAE on random data."""
+"""The LightningModule, its metrics and the non-finite guard, with a tiny VAE on random data;
+bits per dimension of a model whose discrete likelihood is known in closed form."""
 
 import math
 from functools import partial
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from linear_gaussian import log_normal_interval
 
 from intvae.app.callbacks import NonFiniteGuard
 from intvae.app.errors import NonFiniteError
+from intvae.app.evaluate import evaluate
 from intvae.app.metrics import DecoderStdStats, FiniteMean
 from intvae.app.module import VAEModule
 from intvae.bounds import IELBO
-from intvae.data import IndexBatches
+from intvae.data import ImageDataModule, IndexBatches
 from intvae.intervals import Fixed
 from intvae.likelihoods import GaussianHead
 from intvae.networks import VAE
@@ -116,10 +120,52 @@ def test_decoder_std_stats_against_exact_values():
 
 
 def test_every_stage_logs_its_quantities(tmp_path):
+    """The test stage logs each quantity; test/kl is the mean over all test images (20, in
+    batches of 7, 7 and 6: a mean of the batch means would differ) of the KL of q(z | x) from
+    the prior, 0.5 sum_j (m_j^2 + s_j^2 - 1 - 2 log s_j), computed here from the encoder."""
     module = fit(IELBO(Fixed(0.05), samples=2), NonFiniteGuard(), tmp_path, epochs=1)
-    module.trainer.test(module, batches(1), verbose=False)
+    images = torch.rand(20, PIXELS, generator=torch.Generator().manual_seed(5)) * 0.9 + 0.05
+    test = IndexBatches(images, 7, train=False)
+    assert [len(b) for b in test] == [7, 7, 6]
+    module.trainer.test(module, test, verbose=False)
     logged = module.trainer.callback_metrics
     for key in ("test/bound", "test/reconstruction", "test/kl", "test/std_min",
                 "test/std_median", "test/std_below_1e-3"):
         assert torch.isfinite(logged[key]), key
-    assert logged["test/bound"] == pytest.approx(logged["test/reconstruction"] - logged["test/kl"])
+    with torch.no_grad():
+        q = module.vae.encode(images)
+    m, s = q.loc.double().numpy(), q.scale.double().numpy()
+    kl = 0.5 * (m**2 + s**2 - 1.0 - 2.0 * np.log(s)).sum(-1)
+    assert logged["test/kl"].item() == pytest.approx(kl.mean(), rel=1e-5)
+
+
+def test_bits_per_dim_of_a_model_with_a_known_discrete_likelihood():
+    """A VAE whose q(z | x) is the prior (the encoder's last layer outputs 0) and whose decoder
+    ignores z (zero weights into its last layer): P(I | z) = P(I) for every z and every
+    importance weight is 1, so the estimate with K = 3 samples is exact. With delta = 0.01 the
+    intervals overlap, so bits per dimension come from the 8-bit bins: -mean_x sum_d log
+    P(bin of x_d) / (D log 2), with the bins built here from the level of each pixel (width
+    (1 - 2 eps) / 255 around it, the end bins open) and P from scipy's normal CDF."""
+    torch.manual_seed(0)
+    vae = VAE(784, GaussianHead(), hidden=[8], latent=2)
+    with torch.no_grad():
+        for layer in (vae.encoder[-1], vae.decoder[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        vae.decoder[-1].bias.copy_(torch.cat([torch.randn(784), torch.empty(784).uniform_(-5, 0)]))
+    datamodule = ImageDataModule("synthetic", batch_size=16, sizes={"train": 16, "val": 16,
+                                                                     "test": 40})
+    fields = evaluate(vae, Fixed(0.01), datamodule, 3, torch.device("cpu"), progress=False)
+
+    eps, bias = datamodule.eps, vae.decoder[-1].bias.detach().double()
+    loc, scale = torch.sigmoid(bias[:784]).numpy(), torch.exp(bias[784:]).numpy()
+    x = torch.cat(list(datamodule.whole_split("test"))).double().numpy()
+    width = (1 - 2 * eps) / 255
+    level = np.rint((x - eps) / width)
+    assert np.abs(x - (eps + level * width)).max() < 1e-6  # the pixels are on the 8-bit grid
+    lo = np.where(level == 0, -np.inf, eps + (level - 0.5) * width)
+    hi = np.where(level == 255, np.inf, eps + (level + 0.5) * width)
+    log_p = log_normal_interval(lo, hi, loc, scale).sum(-1)
+    assert fields["eval_images"] == 40 and fields["k"] == 3
+    assert fields["test_log_likelihood_bins"] == pytest.approx(log_p.mean(), rel=1e-6)
+    assert fields["bits_per_dim"] == pytest.approx(-log_p.mean() / (784 * math.log(2)), rel=1e-6)

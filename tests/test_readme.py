@@ -52,8 +52,10 @@ def test_the_console_scripts_and_their_tab_completion(tmp_path, app_env):
 
 def test_evaluate_is_a_hydra_app(tmp_path, app_env):
     """``intvae-evaluate --cfg job`` prints its config, as ``intvae-train --cfg job`` does."""
+    cwd = tmp_path / "cwd"  # (tmp_path also holds the data cache of app_env)
+    cwd.mkdir()
     done = subprocess.run(["intvae-evaluate", "run=somewhere", "samples=7", "--cfg", "job"],
-                          cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, env=app_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "run: somewhere" in done.stdout and "samples: 7" in done.stdout
-    assert os.listdir(tmp_path) == []  # --cfg writes nothing
+    assert os.listdir(cwd) == []  # --cfg writes nothing

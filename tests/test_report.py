@@ -1,12 +1,14 @@
 """The report (``intvae.report``) on tiny runs of the training app: the table against each run's
-``results.json`` and ``metrics.csv`` (read here independently), the figures, the command line
-and the W&B path through a fake ``wandb.Api``."""
+``results.json`` and ``metrics.csv`` (read here independently), the figures, the command line,
+and the W&B path on the real offline files of a run trained with ``logger=wandb`` (read back as
+``wandb.Api`` would serve them: ``OfflineRun``)."""
 
 import csv
 import json
 import logging
 import math
 import shutil
+import struct
 
 import pytest
 import wandb
@@ -25,7 +27,7 @@ from intvae.report import runs as run_io
 
 RUNS = {
     "elbo": ["bound=elbo", "trainer.max_epochs=2"],
-    "ielbo": ["bound=ielbo", "noise=gaussian", "likelihood.sigma_min=0.001"],
+    "ielbo": ["bound=ielbo", "noise=gaussian", "likelihood.sigma_min=0.001", "logger=wandb"],
     "cbern": ["bound=elbo", "likelihood=continuous_bernoulli"],  # a decoder without a std
 }
 DIVERGED = [  # a hand-made metrics.csv: the ELBO diverging to -1e29 in its second epoch
@@ -56,12 +58,13 @@ def train_run(output_dir, *overrides):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A sweep directory: three trained tiny runs and a diverged one that has a config and a
-    metrics.csv but neither results.json nor a checkpoint (as a killed run leaves it)."""
+    metrics.csv but neither results.json nor a checkpoint (as a killed run leaves it). The
+    "ielbo" run also logs to W&B, offline (``<run>/wandb/offline-run-*/run-<id>.wandb``)."""
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("INTVAE_OFFLINE", "1")
         env.setenv("INTVAE_DATA_DIR", str(root / "data"))
-        env.setenv("WANDB_MODE", "disabled")
+        env.setenv("WANDB_MODE", "offline")
         for name, overrides in RUNS.items():
             train_run(root / "sweep" / name, *TINY, *overrides)
     diverged = root / "sweep" / "diverged"
@@ -191,22 +194,6 @@ def test_sweeps_expand_in_numeric_order_without_hidden_or_wandb_directories(tmp_
     assert run_io.unique_labels([tmp_path / "a" / "0", tmp_path / "b" / "0"]) == ["a/0", "b/0"]
 
 
-def test_wandb_errors_end_with_one_error_line(tmp_path, monkeypatch, capsys):
-    def no_api():
-        raise RuntimeError("api_key not configured")
-
-    for api, args, message in [
-        (no_api, [], "--wandb me/p: api_key not configured"),
-        (lambda: FakeApi([]), [], "--wandb me/p: no run matches"),
-        (no_api, ["--wandb-filter", "{group"], "--wandb-filter: not JSON"),
-    ]:
-        monkeypatch.setattr(wandb, "Api", api)
-        assert cli.main(["--wandb", "me/p", *args, "--out", str(tmp_path / "out")]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"error: {message}") and err.count("\n") == 1
-    assert not (tmp_path / "out").exists()
-
-
 def test_missing_path_exits_2_in_a_subprocess(cli, tmp_path):
     result = cli("intvae.report", "nowhere", "--out", "out", timeout=120)
     assert result.returncode == 2
@@ -214,13 +201,70 @@ def test_missing_path_exits_2_in_a_subprocess(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-class FakeRun:
-    """What ``wandb.apis.public.Run`` offers the report: name, state, summary, config and the
-    sampled history, whose rows hold only the requested keys (and rows that have them all)."""
+BLOCK = 32 * 1024
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
-    def __init__(self, name, state, summary, config, history):
-        self.name, self.state, self.summary, self.config = name, state, summary, config
-        self.rows = history
+
+def wandb_records(path) -> list:
+    """The records of a W&B offline run file (``run-<id>.wandb``), decoded with W&B's own
+    protobuf schema (``wandb.proto.wandb_internal_pb2.Record``). The framing is LevelDB's log
+    format: a 7-byte file header (``:W&B``, magic, version), then 32 KiB blocks of chunks, each
+    a 7-byte header (CRC-32C, length, type: full, first, middle or last piece of a record) and
+    its bytes; a block's last < 7 bytes are padding. wandb 0.31 ships no Python reader of these
+    files (wandb-core reads them, to sync them to a server)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    records, pieces, pos = [], [], 7
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:
+            pos += BLOCK - pos % BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # the zero-filled rest of the last block
+            break
+        pieces = [] if kind in (FULL, FIRST) else pieces
+        pieces.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (FULL, LAST):
+            record = pb.Record()
+            record.ParseFromString(b"".join(pieces))
+            records.append(record)
+    return records
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+class OfflineRun:
+    """A W&B run as ``wandb.Api().runs(...)`` serves it (``wandb.apis.public.Run``: ``name``,
+    ``state``, ``summary``, ``config``, ``history``), built from the records of its offline run
+    file as the server builds it from them: the config and summary are the run's updates applied
+    in order, the history its logged rows, the state "finished" after an exit record with code
+    0. ``history(keys=...)`` returns the rows that hold every key, with only those keys and
+    ``_step`` (what the public API's sampled history does)."""
+
+    def __init__(self, path):
+        self.config, self.summary, self.rows, self.state = {}, {}, [], "running"
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                self.name = record.run.display_name or record.run.run_id
+                updates = record.run.config.update
+            elif kind == "config":
+                updates = record.config.update
+            else:
+                updates = []
+            self.config.update({_key(u): json.loads(u.value_json) for u in updates})
+            if kind == "summary":
+                self.summary.update({_key(u): json.loads(u.value_json)
+                                     for u in record.summary.update})
+            elif kind == "history":
+                self.rows.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+            elif kind == "exit":
+                self.state = "finished" if record.exit.exit_code == 0 else "failed"
 
     def history(self, samples=500, keys=None, x_axis="_step", pandas=True, stream="default"):
         assert pandas is False and keys
@@ -228,7 +272,9 @@ class FakeRun:
                 if all(k in row for k in keys)]
 
 
-class FakeApi:
+class OfflineApi:
+    """``wandb.Api()`` with the given runs: ``runs(path, filters)`` records its arguments."""
+
     def __init__(self, runs):
         self.calls, self._runs = [], runs
 
@@ -237,41 +283,73 @@ class FakeApi:
         return self._runs
 
 
-def fake_wandb_run() -> FakeRun:
-    config = {"likelihood": {"_target_": "intvae.likelihoods.GaussianHead", "sigma_min": 0.0},
-              "interval": {"_target_": "intvae.intervals.Fixed", "delta": 0.01}, "noise": {},
-              "evaluate": {"samples": 100}}
-    history = [{"_step": 9, "epoch": 0, "val/bound": -1800.0},
-               {"_step": 9, "epoch": 0, "train/bound": -1900.0, "train/std_min": 0.05},
-               {"_step": 19, "epoch": 1, "val/bound": -1710.5},
-               {"_step": 19, "epoch": 1, "train/bound": -1700.25, "train/std_min": 0.02},
-               {"_step": 19, "epoch": 2, "test/bound": -1712.0}]
-    summary = {"train/bound": -1700.25, "val/bound": -1710.5, "test/bound": -1712.0,
-               "test/log_likelihood": -1699.5, "test/log_likelihood_bins": -1500.0,
-               "test/bits_per_dim": 2.76, "train/non_finite_steps": 0, "train/std_min": 0.02,
-               "test/std_min": 0.03, "_runtime": 570.2, "epoch": 2}
-    return FakeRun("wb-ielbo", "finished", summary,
-                   {"bound": "ielbo", "delta": 0.01, "alpha": 2.0, "samples": 10,
-                    "config": config}, history)
+@pytest.fixture
+def wandb_run(sweep) -> OfflineRun:
+    """The "ielbo" run as W&B holds it: from its offline run file."""
+    (path,) = (sweep / "ielbo" / "wandb").glob("offline-run-*/run-*.wandb")
+    return OfflineRun(path)
 
 
-def test_wandb_runs_join_the_table_and_curves(sweep, tmp_path, monkeypatch):
-    api = FakeApi([fake_wandb_run()])
+def test_a_wandb_run_reads_as_its_run_directory(sweep, wandb_run):
+    """What the report reads from the W&B run (``load_wandb_runs``) is what the run directory
+    holds: its results.json values (from the summary the app logged), its config and its
+    metric series (metrics.csv, logged by the CSV logger beside W&B)."""
+    api = OfflineApi([wandb_run])
+    (run,) = run_io.load_wandb_runs("me/intvae", {"group": "g"}, api=api)
+    assert api.calls == [("me/intvae", {"group": "g"})]
+    local = run_io.load_run(sweep / "ielbo")
+    assert wandb_run.state == "finished" and run.status == "finished"
+    for key in ("bound", "delta", "alpha", "samples", "train_bound", "val_bound", "test_bound",
+                "train_std_min", "test_std_min", "non_finite_steps", "test_log_likelihood",
+                "test_log_likelihood_bins", "bits_per_dim", "k"):
+        assert run.results.get(key) == pytest.approx(local.results.get(key), rel=1e-6), key
+    # W&B's _runtime: whole seconds from wandb.init, inside the fit, to wandb.finish, after
+    # results.json; the app's wall time starts before the fit.
+    assert 0 <= run.results["wall_seconds"] <= local.results["wall_seconds"] + 2
+    assert run.config == local.config
+    for key in ("train/bound", "val/bound", "test/bound", "train/std_min", "val/std_min"):
+        epochs, values = run_io.series(run, key)
+        local_epochs, local_values = run_io.series(local, key)
+        assert epochs.tolist() == local_epochs.tolist() and len(epochs) > 0, key
+        assert values == pytest.approx(local_values, rel=1e-6), key
+
+
+def test_wandb_runs_join_the_table_and_curves(sweep, wandb_run, tmp_path, monkeypatch):
+    """``--wandb`` beside a directory: the W&B run's row equals the same run's row read from
+    its directory, except its label, status and wall time."""
+    api = OfflineApi([wandb_run])
     monkeypatch.setattr(wandb, "Api", lambda: api)
     out = tmp_path / "report"
-    assert cli.main([str(sweep / "elbo"), "--wandb", "me/intvae", "--wandb-filter",
-                        '{"group": "g"}', "--out", str(out)]) == 0
+    assert cli.main([str(sweep / "ielbo"), "--wandb", "me/intvae", "--wandb-filter",
+                     '{"group": "g"}', "--out", str(out)]) == 0
     assert api.calls == [("me/intvae", {"group": "g"})]
     with open(out / "table.csv", newline="") as file:
-        rows = {r["run"]: r for r in csv.DictReader(file)}
-    assert list(rows) == ["elbo", "wb-ielbo"]
-    assert {k: rows["wb-ielbo"][k] for k in ("bound", "likelihood", "noise", "epochs",
-                                              "train bound", "test log P(I)", "K", "bits/dim",
-                                              "min decoder std", "wall time (s)", "status")} == {
-        "bound": "ielbo", "likelihood": "gaussian", "noise": "none", "epochs": "2",
-        "train bound": "-1700.25", "test log P(I)": "-1699.5", "K": "100", "bits/dim": "2.76",
-        "min decoder std": "0.02", "wall time (s)": "570.2", "status": "finished"}
-    run = run_io.load_wandb_runs("me/intvae", api=api)[0]
-    assert run_io.series(run, "val/bound")[1].tolist() == [-1800.0, -1710.5]
-    assert run_io.series(run, "test/bound")[0].tolist() == [2]
+        local, remote = csv.DictReader(file)
+    assert (local["run"], remote["run"]) == ("ielbo", wandb_run.name)
+    assert (local["status"], remote["status"]) == ("completed", "finished")
+    different = {"run", "status", "wall time (s)"}
+    assert {k: v for k, v in remote.items() if k not in different} == \
+        {k: v for k, v in local.items() if k not in different}
     assert all((out / name).stat().st_size > 0 for name in FILES)
+
+
+def test_wandb_errors_end_with_one_error_line(tmp_path, monkeypatch, capsys):
+    """The real ``wandb.Api()`` without an API key (a fresh home), a project without a matching
+    run, and a filter that is not JSON."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HOME", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    for api, args, message in [
+        (None, [], "--wandb me/p: No API key configured"),
+        (lambda: OfflineApi([]), [], "--wandb me/p: no run matches"),
+        (None, ["--wandb-filter", "{group"], "--wandb-filter: not JSON"),
+    ]:
+        with monkeypatch.context() as patch:
+            if api is not None:
+                patch.setattr(wandb, "Api", api)
+            assert cli.main(["--wandb", "me/p", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

@@ -65,7 +65,7 @@ def test_a_malicious_checkpoint_is_refused_and_never_runs(malicious_checkpoint, 
     with pytest.raises(ConfigError, match=f"run={refused}"):
         reevaluate(f"run={path}", "compile=false")
     with pytest.raises(ConfigError, match=f"run={refused}"):
-        reevaluate(f"run={path.parent.parent}", "compile=false")  # the run directory
+        reevaluate(f"run={path.parent.parent}", "checkpoint=last", "compile=false")  # the dir
     assert not marker.exists()
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # nothing written
 
@@ -197,7 +197,7 @@ def test_a_checkpoint_cannot_name_code_to_run(compose_train, tmp_path, group, ca
         (evil / "results.json").write_text((tmp_path / "run" / "results.json").read_text())
         key = group if name not in ("nested", "interpolation") else f"{group}.delta"
         with pytest.raises(ConfigError) as refused:
-            reevaluate(f"run={evil}", "compile=false")
+            reevaluate(f"run={evil}", "checkpoint=last", "compile=false")
         message = str(refused.value)
         assert "\n" not in message and f"{key}" in message and "nothing was run" in message
         caplog.clear()

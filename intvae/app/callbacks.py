@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from intvae.app.errors import NonFiniteError
+from intvae.app.files import write_atomic
 from intvae.checks import integer, one_of
 from intvae.report import figures
 
@@ -33,15 +34,25 @@ class NonFiniteGuard(L.Callback):
 
     No host synchronization per step in ``skip`` mode with an optimizer that can skip a step on
     the device (``fused=True`` Adam, AdamW, SGD, Adagrad: ``VAEModule`` builds Adam and AdamW
-    fused): the check runs on the device and is handed to the optimizer as its ``found_inf``
-    flag (the mechanism of ``torch.amp.GradScaler``), whose fused kernel then leaves the
-    weights, moments and step count as they were. The count, and the first and last skipped
-    step with their quantity, stay on the device until read: once per epoch (the warning and
-    ``train/non_finite_steps``), at a checkpoint and by ``non_finite_steps``. With other
-    optimizers, and in ``stop`` mode (which must raise before the update), the check reads one
-    boolean per step. Under DDP the gradients are already averaged over the ranks, so all ranks
-    decide alike. Meant for precision 32-true or bf16: with 16-mixed the gradient scaler owns
-    ``found_inf``.
+    fused under precision 32-true and 64-true): the check runs on the device and is handed to
+    the optimizer as its ``found_inf`` flag (the mechanism of ``torch.amp.GradScaler``), whose
+    fused kernel then leaves the weights, moments and step count as they were. The count, and
+    the first and last skipped step with their quantity, stay on the device until read: once
+    per epoch (the warning and ``train/non_finite_steps``), at a checkpoint and by
+    ``non_finite_steps``. With other optimizers (the plain Adam of the other precisions, e.g.
+    ``bf16-mixed``), and in ``stop`` mode (which must raise before the update), the check reads
+    one boolean per step and a skipped step's gradients are dropped. Under DDP the gradients
+    are already averaged over the ranks, so all ranks decide alike.
+
+    Under ``precision=16-mixed`` a ``GradScaler`` owns ``found_inf``: Lightning has it unscale
+    the gradients before this hook, and it skips the step, and lowers its loss scale, where
+    they overflowed in the scaled float16 backward. Those skipped steps come from the loss
+    scale, not from the model, so the guard leaves them to the scaler: it neither counts them
+    nor stops for them, and it never sets ``found_inf`` itself. It judges the loss alone (the
+    unscaled loss the model computed, which the scaler never touches): a non-finite loss is
+    the model's non-finite step, skipped (gradients dropped, counted) or stopped as under the
+    other precisions. (Its gradients are then usually non-finite too, so the scaler also
+    lowers its scale once, which it grows back after ``growth_interval`` good steps.)
     """
 
     LOSS, GRADIENT = 1, 2  # codes of the quantity, kept on the device
@@ -68,20 +79,30 @@ class NonFiniteGuard(L.Callback):
         return bool(getattr(optimizer, "_step_supports_amp_scaling", False)
                     and optimizer.defaults.get("fused"))
 
-    def _flags(self, pl_module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(all finite, quantity code of the first non-finite one) as device tensors."""
+    @staticmethod
+    def scaled(trainer) -> bool:
+        """Whether a gradient scaler (``precision=16-mixed``) owns the gradients' overflow."""
+        return getattr(trainer, "scaler", None) is not None
+
+    def _flags(self, pl_module, gradients: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(all finite, quantity code of the first non-finite one) as device tensors; the
+        gradients are left out unless ``gradients``."""
         loss = pl_module.last_loss
         # The sum of a gradient is nan or inf where an element is (and, far beyond the
         # numerics' saturation, where the sum overflows): one cheap pass per parameter.
-        sums = [p.grad.sum() for p in pl_module.parameters() if p.grad is not None]
-        grads_ok = torch.stack(sums).isfinite().all() if sums else torch.tensor(True)
+        sums = [p.grad.sum() for p in pl_module.parameters()
+                if gradients and p.grad is not None]
+        device = loss.device if loss is not None else None
+        grads_ok = (torch.stack(sums).isfinite().all() if sums
+                    else torch.ones((), dtype=torch.bool, device=device))
         loss_ok = torch.isfinite(loss) if loss is not None else torch.ones_like(grads_ok)
         code = torch.where(loss_ok, self.GRADIENT, self.LOSS)
         return grads_ok & loss_ok, code
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        finite, code = self._flags(pl_module)
-        if self.mode == "skip" and self.on_device_skip(optimizer):
+        scaled = self.scaled(trainer)
+        finite, code = self._flags(pl_module, gradients=not scaled)
+        if self.mode == "skip" and not scaled and self.on_device_skip(optimizer):
             bad = ~finite
             optimizer.found_inf = bad.to(torch.float32)
             step = torch.full((), trainer.global_step, device=bad.device)  # no copy to wait on
@@ -177,8 +198,9 @@ class Figures(L.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         paths = {}
         for name, fig in drawn.figures.items():
-            paths[name] = folder / f"{name}_{label}.png"
-            fig.savefig(paths[name], dpi=100)
+            paths[name] = write_atomic(folder / f"{name}_{label}.png",
+                                       lambda file, fig=fig: fig.savefig(file, format="png",
+                                                                         dpi=100))
         step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

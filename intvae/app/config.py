@@ -128,13 +128,15 @@ def check_no_ddp_in_multirun(devices, num_nodes: int = 1) -> None:
 
 def check_evaluation(settings, prefix: str = "evaluate.") -> None:
     """Check the evaluation settings (``samples``, ``split``, ``chunk_elements``,
-    ``limit_batches``, ``bits_per_dim``; ``enabled`` where present), named with ``prefix``:
+    ``limit_batches``, ``bits_per_dim``, ``checkpoint``; ``enabled`` where present), named
+    with ``prefix``:
     ``evaluate.*`` of the training app, the root keys of the evaluation app."""
     integer(f"{prefix}samples", settings.get("samples"), 1, word="auto")
     one_of(f"{prefix}split", settings.get("split"), ("test", "val"))
     integer(f"{prefix}chunk_elements", settings.get("chunk_elements"), 1, word="auto")
     integer(f"{prefix}limit_batches", settings.get("limit_batches"), 1, optional=True)
     boolean(f"{prefix}bits_per_dim", settings.get("bits_per_dim"))
+    one_of(f"{prefix}checkpoint", settings.get("checkpoint"), ("best", "last"))
     if "enabled" in settings:
         boolean(f"{prefix}enabled", settings.get("enabled"))
 

@@ -8,10 +8,13 @@ intvae's own error types only (``USER_ERRORS``): anything else, such as a ``Valu
 inside torch or Lightning during training, keeps its traceback.
 """
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf.errors import OmegaConfBaseException
@@ -26,6 +29,36 @@ class ConfigError(ParameterError):
 
 class NonFiniteError(RuntimeError):
     """Training stopped on a non-finite loss, gradient or checkpoint (``NonFiniteGuard``)."""
+
+
+class NothingTrainedError(NonFiniteError):
+    """Every update of a run was skipped as non-finite: the run failed."""
+
+
+class Terminated(BaseException):  # noqa: N818 (like KeyboardInterrupt, not an error)
+    """The process received SIGTERM (what ``kill``, ``timeout`` and Slurm send): the run records
+    ``interrupted`` and the program exits with 143 (128 + SIGTERM), as a killed one would."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` (on the main thread; elsewhere nothing
+    changes). Lightning adds its own SIGTERM handler during ``fit`` and ``test`` and keeps
+    calling the one found here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"received signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 USER_ERRORS = (ParameterError, DataError, NonFiniteError, ConfigCompositionException,

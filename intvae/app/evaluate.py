@@ -72,9 +72,7 @@ def evaluate(vae: VAE, interval, datamodule, samples, device: torch.device,
     device (exact: every image counted once): ``<split>_log_likelihood`` under the run's
     intervals (or the density), ``k``, ``eval_images``, and with ``bits_per_dim`` the estimate
     under the 8-bit bins, ``<split>_log_likelihood_bins``, and ``bits_per_dim`` (module
-    docstring)."""
-    check_evaluation({"samples": samples, "split": split, "chunk_elements": chunk_elements,
-                      "limit_batches": limit_batches, "bits_per_dim": bits_per_dim}, "")
+    docstring). The settings are checked by the caller (``check_evaluation``)."""
     k = resolve_samples(samples, device)
     datamodule.setup("test" if split == "test" else "validate")
     loader = datamodule.whole_split(split)  # never a DDP rank's shard
@@ -102,7 +100,7 @@ def reevaluate(cfg: DictConfig) -> dict:
     """Evaluate the run ``cfg.run`` as ``cfg`` says and add the fields to its
     ``results.json``; return what was written."""
     check_evaluation(cfg, "")
-    ckpt, run_dir = find_checkpoint(cfg.run)
+    ckpt, run_dir = find_checkpoint(cfg.run, cfg.checkpoint)
     read_results(run_dir / RESULTS_FILE)  # an unreadable record fails before the work, not after
     checkpoint, config = load_checkpoint(ckpt)
     data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}

@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -130,8 +131,6 @@ PROCESS_GPU = ProcessGPU()
 
 def cuda_initialized() -> bool:
     """Whether this process has initialized CUDA (without importing torch if it has not)."""
-    import sys
-
     torch = sys.modules.get("torch")
     return bool(torch is not None and torch.cuda.is_initialized())
 
@@ -173,3 +172,4 @@ def trainer_plugins(trainer_cfg) -> dict:
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+

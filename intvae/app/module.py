@@ -39,13 +39,27 @@ def bound_tensors(bound, vae, x: torch.Tensor) -> tuple:
             getattr(result.likelihood, "scale", None))
 
 
-def fused_option(optimizer: Callable, device: torch.device) -> dict:
+FUSED_PRECISIONS = ("32-true", "64-true")
+"""The trainer precisions under which Adam is built fused: those without autocast's gradient
+handling, where Lightning clips a fused optimizer's gradients like any other's."""
+
+
+def fused_option(optimizer: Callable, device: torch.device, precision: str = "32-true") -> dict:
     """``{"fused": True}`` for a partial of Adam or AdamW without its own ``fused`` (or
-    ``foreach``) setting, on a device with fused kernels (CPU, CUDA); else ``{}``."""
+    ``foreach``) setting, on a device with fused kernels (CPU, CUDA), under a trainer
+    ``precision`` of ``FUSED_PRECISIONS``; else ``{}``.
+
+    Under ``16-mixed`` and ``bf16-mixed`` Lightning refuses to clip the gradients of a fused
+    optimizer (``MixedPrecision.clip_gradients`` refuses every optimizer that can unscale a
+    ``GradScaler``'s gradients in its own step, after the clipping would have seen them still
+    scaled), and the authors' clipping by norm 3 is the default; there, and under
+    ``16-true``/``bf16-true``, Adam is the plain one and the non-finite guard skips a step by
+    dropping its gradients."""
     func = getattr(optimizer, "func", None)
     keywords = getattr(optimizer, "keywords", {}) or {}
     if (func in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in keywords
-            and "foreach" not in keywords and device.type in ("cpu", "cuda")):
+            and "foreach" not in keywords and device.type in ("cpu", "cuda")
+            and str(precision) in FUSED_PRECISIONS):
         return {"fused": True}
     return {}
 
@@ -150,5 +164,9 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """``optimizer(params)``; Adam and AdamW in their fused form (one kernel for all
         parameters, and a step the non-finite guard can skip on the device without a host
-        synchronization) unless the config says ``fused`` itself."""
-        return self.optimizer(self.parameters(), **fused_option(self.optimizer, self.device))
+        synchronization) under the trainer's precision 32-true or 64-true, unless the config
+        says ``fused`` itself (``fused_option``: not under mixed precision, where Lightning
+        cannot clip a fused optimizer's gradients)."""
+        precision = self._trainer.precision if self._trainer is not None else "32-true"
+        return self.optimizer(self.parameters(),
+                              **fused_option(self.optimizer, self.device, precision))

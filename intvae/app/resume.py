@@ -45,19 +45,28 @@ import torch
 
 from intvae.app.config import OVERWRITTEN, overwritten_runs
 from intvae.app.errors import ConfigError
+from intvae.app.files import LOCK_FILE
 from intvae.app.runs import LAST_CHECKPOINT, RESULTS_FILE, read_checkpoint, read_results
 from intvae.data.batching import derive_seed
 
 log = logging.getLogger(__name__)
 
 RESUME_CHOICES = ("auto", "never")
-KEPT_ON_OVERWRITE = (".hydra", OVERWRITTEN)
+CONTINUED = "continued"
+"""The folder of a run directory that keeps the record of a finished run that ``ckpt_path=``
+continues (``continue_finished``)."""
+KEPT_ON_OVERWRITE = (".hydra", OVERWRITTEN, CONTINUED, LOCK_FILE)
 """Entries of a run directory ``overwrite=true`` leaves in place (besides the ``*.log`` files):
 Hydra writes ``.hydra/`` and the job log before the app starts."""
 
 SAMPLING_STREAM = 3
 """Stream number of the per-epoch seeds of ``EpochSeeds`` in ``derive_seed`` (0: shuffles,
 1 and 2: binarization, ``intvae.data``)."""
+
+
+class FinishedRunError(ConfigError):
+    """The output directory holds a finished run: a single run refuses it, a multirun job skips
+    it."""
 
 
 def launched_rank() -> int:
@@ -89,13 +98,33 @@ def move_aside(output_dir: Path) -> Path:
     return target
 
 
+def continue_finished(output_dir: Path, ckpt: Path, checkpoint: dict, max_epochs: int) -> None:
+    """``ckpt_path=`` into the directory of a finished run continues it only if it has epochs
+    left to train: then the finished run's record moves to ``<output_dir>/continued/<n>/``
+    (kept, not overwritten); else a ``ConfigError``."""
+    done = int(checkpoint.get("epoch", -1)) + 1
+    if max_epochs != -1 and max_epochs <= done:
+        raise ConfigError(
+            f"ckpt_path={ckpt} is invalid: it continues the finished run in {output_dir}, but it "
+            f"holds {done} epochs and trainer.max_epochs={max_epochs} leaves none to train; pass "
+            "a larger trainer.max_epochs to continue it, or evaluate it with intvae-evaluate")
+    folder = output_dir / CONTINUED
+    target = folder / str(sum(1 for _ in folder.iterdir()) + 1 if folder.is_dir() else 1)
+    target.mkdir(parents=True)
+    shutil.copy2(output_dir / RESULTS_FILE, target / RESULTS_FILE)
+    log.info("ckpt_path: continuing the finished run in %s; its record is kept in %s",
+             output_dir, target)
+
+
 def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None = None,
-                     resume: str = "auto", overwrite: bool = False) -> str | None:
+                     resume: str = "auto", overwrite: bool = False,
+                     max_epochs: int = -1) -> str | None:
     """The checkpoint the run in ``output_dir`` starts from (None: a new run), after checking
-    it can be read; see the module docstring. Raises ``ConfigError`` for a finished run in
-    ``output_dir`` (unless ``overwrite``), an unreadable checkpoint, or a bad ``resume`` or
-    ``overwrite``. Only the main process (rank 0) moves files; the other ranks of a DDP run see
-    the directory as rank 0 left it and decide alike."""
+    it can be read; see the module docstring. Raises ``FinishedRunError`` for a finished run in
+    ``output_dir`` (unless ``overwrite``), ``ConfigError`` for an unreadable checkpoint, a bad
+    ``resume`` or ``overwrite``, or ``ckpt_path`` into a finished run with no epoch left to
+    train (``continue_finished``). Only the main process (rank 0) moves files; the other ranks
+    of a DDP run see the directory as rank 0 left it and decide alike."""
     if resume not in RESUME_CHOICES:
         raise ConfigError(f"resume={resume!r} is invalid: resume must be auto or never")
     if not isinstance(overwrite, bool):
@@ -106,13 +135,15 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
             raise ConfigError(f"overwrite=true is invalid with ckpt_path={ckpt_path}: "
                               "overwrite starts a new run, ckpt_path continues one")
         ckpt = Path(ckpt_path).expanduser().resolve()
-        read_checkpoint(ckpt, "ckpt_path")
+        checkpoint = read_checkpoint(ckpt, "ckpt_path")
+        if finished(output_dir) and launched_rank() == 0:
+            continue_finished(output_dir, ckpt, checkpoint, max_epochs)
         return str(ckpt)
     main_process = launched_rank() == 0
     last = output_dir / LAST_CHECKPOINT
     if finished(output_dir) and main_process:
         if not overwrite:
-            raise ConfigError(
+            raise FinishedRunError(
                 f"hydra.run.dir={output_dir} is invalid: it holds a finished run (results.json: "
                 "status completed); choose another hydra.run.dir (hydra.sweep.dir with -m), pass "
                 f"ckpt_path={last} to continue it (e.g. with a larger trainer.max_epochs), or "
@@ -138,6 +169,24 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
     return str(last)
 
 
+TEST_STREAM, EVALUATION_STREAM = 4, 5
+"""Stream numbers of the seeds of the test pass and of the final evaluation (``stage_seed``)."""
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch (CPU and every CUDA device), numpy and ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def stage_seed(seed: int, stream: int) -> None:
+    """Seed everything for a stage after training (the test pass, the evaluation) from
+    (``seed``, ``stream``, rank): what it draws depends only on the weights, so a run killed in
+    that stage and resumed reproduces the uninterrupted run's numbers."""
+    seed_all(derive_seed(seed, stream, launched_rank()))
+
+
 class EpochSeeds(L.Callback):
     """Seeds torch (CPU and CUDA), numpy and ``random`` at the start of every training epoch
     from (``seed``, epoch, ``SAMPLING_STREAM``, rank): exact resume from epoch-end checkpoints,
@@ -150,10 +199,7 @@ class EpochSeeds(L.Callback):
         return derive_seed(self.seed, epoch, SAMPLING_STREAM, rank)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        seed = self.epoch_seed(trainer.current_epoch, trainer.global_rank)
-        torch.manual_seed(seed)  # seeds every CUDA device too
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
+        seed_all(self.epoch_seed(trainer.current_epoch, trainer.global_rank))
 
     def state_dict(self) -> dict:
         return {"seed": self.seed}

@@ -41,7 +41,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import yaml
 from intvae.app.build import build_vae
 from intvae.app.config import CONF_DIR, run_dir_of
 from intvae.app.errors import ConfigError
+from intvae.app.files import write_text
 from intvae.networks import VAE
 
 RESULTS_FILE = "results.json"
@@ -62,8 +62,8 @@ def _plain(value):
 
 
 def write_results(path: str | os.PathLike[str], results: dict) -> dict:
-    """Write ``results`` to ``path`` atomically (temporary file, fsync, rename); return what
-    was written."""
+    """Write ``results`` to ``path`` atomically (``intvae.app.files.write_atomic``); return
+    what was written."""
     path = Path(path)
     clean = {key: _plain(value) for key, value in results.items()}
     flagged = set(clean.get("non_finite_fields") or ())
@@ -73,18 +73,7 @@ def write_results(path: str | os.PathLike[str], results: dict) -> dict:
             flagged.add(key)
     if flagged:
         clean["non_finite_fields"] = sorted(flagged)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(clean, file, indent=2, allow_nan=False)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
     return clean
 
 
@@ -219,11 +208,15 @@ def run_config(config, where: str) -> dict:
     return config
 
 
-def find_checkpoint(run: str | Path) -> tuple[Path, Path]:
-    """(checkpoint, run directory) for ``run=``: a run directory (its ``LAST_CHECKPOINT``) or
-    a checkpoint file."""
+BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+"""The run directory's best checkpoint by validation bound (the model_checkpoint callback)."""
+
+
+def find_checkpoint(run: str | Path, which: str = "best") -> tuple[Path, Path]:
+    """(checkpoint, run directory) for ``run=``: a run directory (its ``BEST_CHECKPOINT`` for
+    ``which="best"``, else its ``LAST_CHECKPOINT``) or a checkpoint file."""
     run = Path(run).expanduser()
-    ckpt = run / LAST_CHECKPOINT if run.is_dir() else run
+    ckpt = run / (BEST_CHECKPOINT if which == "best" else LAST_CHECKPOINT) if run.is_dir() else run
     if not ckpt.is_file():
         raise ConfigError(f"run={run} is invalid: no checkpoint {ckpt}")
     return ckpt, run_dir_of(ckpt)

@@ -1,25 +1,34 @@
-"""The training app: ``python -m intvae.train [key=value ...] [-m]``.
+"""The training app: ``intvae-train [key=value ...] [-m]`` (``python -m intvae.train``).
 
 Trains a VAE with one bound of the registry (default: the IELBO of the integral bounds paper,
-eq. 2, on continuous MNIST with the paper's architecture, 4 epochs on the CPU), then evaluates
-the importance-sampled log-likelihood log P(I) of the test set (``intvae.evaluate``). Configs
-are in ``conf/`` (root ``conf/train.yaml``). Each run writes into its own output directory
-(``outputs/<date>/<time>``, or ``multirun/<date_time>/<job>`` for ``-m``):
+eq. 2, on continuous MNIST with the paper's architecture, 4 epochs on the CPU), tests it and
+evaluates the importance-sampled log-likelihood log P(I) of the test set
+(``intvae.app.evaluate``). Configs: ``intvae/app/conf/`` (root ``train.yaml``). Each run writes
+into its own output directory (``outputs/<date>/<time>``, or ``multirun/<date_time>/<job>`` for
+``-m``), and nowhere else:
 
 * ``config.yaml``: the resolved config (``.hydra/``: Hydra's own record);
 * ``metrics.csv``: per-epoch metrics (``train/bound``, ``val/bound``, ``test/bound``, ...);
 * ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (highest ``val/bound``);
 * ``figures/``: reconstruction grids, prior samples, decoder-std histograms;
-* ``results.json`` (``intvae.results``).
+* ``results.json``: the run's record (``intvae.app.record``) and results (``intvae.app.runs``).
 
-``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run in its own directory; an unfinished
-run in the output directory (killed, preempted, a requeued Slurm job) is resumed from its
-``last.ckpt`` (``resume=auto``), exactly (``intvae.resume``); a finished one is never written
-over (unless ``overwrite=true``). ``trainer=ddp trainer.devices=N`` trains one run on N devices;
-the final evaluation runs on rank 0 over the whole split. Parallel sweeps with one GPU per job
-and Slurm: ``intvae.launch``. Invalid settings end the program with status 1 and one line
-``error: <key>: <what is wrong>`` (``HYDRA_FULL_ERROR=1``: the traceback instead); every checked
-key and its message: ``docs/configuration.md``.
+**Status.** ``results.json`` says ``running`` while the run runs, ``completed`` only after the
+final evaluation succeeded, ``failed`` (with the error's type and message) after any error,
+``stopped`` when the non-finite guard stopped training, and ``interrupted`` after SIGTERM or
+Ctrl-C; SIGTERM exits with status 143. A run in which every update was skipped as non-finite
+is ``failed``.
+
+**Faults.** A run takes an exclusive lock on its directory first (``intvae.app.files``), writes
+every file atomically, and resumes exactly after a kill at any point (``intvae.app.resume``):
+training epochs, the test pass and the evaluation are each seeded from the run's seed. In a
+multirun, a job whose directory holds a finished run is skipped with a line saying so, an
+unfinished one resumes, and a failing job does not stop the others; the sweep exits with
+status 1 at the end, listing its failed jobs (``intvae.app.sweeps.OutputDirectories``).
+
+Invalid settings end the program with status 1 and one line ``error: <key>: <what is wrong>``
+(``HYDRA_FULL_ERROR=1``: the traceback instead); every checked key and its message:
+``docs/configuration.md``.
 """
 
 # isort: off
@@ -34,25 +43,60 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from intvae.app.build import build_vae, select_kernels
 from intvae.app.callbacks import NonFiniteGuard
-from intvae.app.config import CONF_MODULE, check_no_ddp_in_multirun, check_root_keys
-from intvae.app.errors import NonFiniteError, one_line_errors
+from intvae.app.config import (
+    CONF_MODULE,
+    check_no_ddp_in_multirun,
+    check_root_keys,
+    in_multirun,
+)
+from intvae.app.errors import (
+    NonFiniteError,
+    NothingTrainedError,
+    Terminated,
+    describe,
+    is_user_error,
+    one_line_errors,
+    sigterm_raises,
+)
 from intvae.app.evaluate import evaluate
+from intvae.app.files import AtomicCheckpointIO, RunLock, write_text
 from intvae.app.launch import trainer_plugins
+from intvae.app.loggers import AppendingCSVLogger
 from intvae.app.module import VAEModule
-from intvae.app.resume import EpochSeeds, start_checkpoint
-from intvae.app.runs import RESULTS_FILE, write_results
+from intvae.app.record import describe_run, tags
+from intvae.app.resume import (
+    EVALUATION_STREAM,
+    TEST_STREAM,
+    EpochSeeds,
+    FinishedRunError,
+    launched_rank,
+    stage_seed,
+    start_checkpoint,
+)
+from intvae.app.runs import RESULTS_FILE, read_checkpoint, read_results, write_results
+from intvae.checks import ParameterError
+from intvae.estimate import available_memory
+from intvae.intervals import Fixed
 
 log = logging.getLogger(__name__)
 
+FIT_FIELDS = ("epochs", "steps", "train_bound", "val_bound", "train_std_min")
+TRAINING_BYTES_PER_ELEMENT = 60
+"""Peak memory of a training step per decoder output (samples x batch x pixels), float32:
+about 60 (IELBO) to 75 (ELBO) bytes measured by ``benchmarks/scaling.py`` (docs/performance.md);
+the smaller figure, so that only a run that cannot fit is refused."""
 
-def instantiate_all(group: DictConfig | None) -> list:
-    """The objects of every entry of a callbacks or logger group that has a ``_target_``."""
-    return [instantiate(node) for node in (group or {}).values()
+
+def instantiate_all(group: DictConfig | None, **extra) -> list:
+    """The objects of every entry of a callbacks or logger group that has a ``_target_``;
+    ``extra[<entry name>]`` adds keyword arguments to that entry."""
+    return [instantiate(node, **extra.get(name, {})) for name, node in (group or {}).items()
             if isinstance(node, DictConfig) and "_target_" in node]
 
 
@@ -62,12 +106,37 @@ def probe(bound, vae) -> None:
     bound(vae, torch.full((2, vae.num_pixels), 0.5))
 
 
-def hyperparameters(cfg: DictConfig, bound) -> dict:
-    """What the loggers record (W&B config, hparams.yaml) and checkpoints carry: the bound's
-    name, delta, alpha and samples at the top for comparing runs, and the resolved config."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return {"bound": bound.name, "delta": cfg.delta, "alpha": cfg.alpha,
-            "samples": cfg.samples, "seed": cfg.seed, "config": config}
+def check_interval(bound, datamodule) -> None:
+    """Refuse a fixed interval at least as wide as the data range [eps, 1 - eps]: every pixel's
+    interval would hold every pixel value, and P(I) says nothing about the model."""
+    interval = getattr(bound, "interval", None)
+    width = 1.0 - 2.0 * datamodule.eps
+    if isinstance(interval, Fixed) and 2.0 * interval.delta >= width:
+        raise ParameterError(
+            f"delta={interval.delta!r} is invalid: delta must be below half the data range, "
+            f"(1 - 2 eps) / 2 = {width / 2:g} for data on [{datamodule.eps:g}, "
+            f"{1 - datamodule.eps:g}] (a wider interval holds every pixel value)")
+
+
+def check_memory(bound, datamodule, device: torch.device) -> None:
+    """Refuse a training step whose decoder outputs (samples x batch x pixels) cannot fit in
+    the memory available (``TRAINING_BYTES_PER_ELEMENT`` each), before allocating them."""
+    samples = bound.samples * getattr(bound, "outer_samples", 1)
+    elements = samples * datamodule.batch_size * datamodule.num_pixels
+    need, free = elements * TRAINING_BYTES_PER_ELEMENT, available_memory(device)
+    if need > free:
+        raise ParameterError(
+            f"samples={bound.samples} is invalid with data.batch_size={datamodule.batch_size}: "
+            f"a training step would hold {elements:.3g} decoder outputs (samples x batch x "
+            f"pixels), about {need / 2**30:.3g} GiB, more than the {free / 2**30:.3g} GiB "
+            f"available on {device.type}; use fewer samples or a smaller batch")
+
+
+def choices() -> dict:
+    """The chosen option of each config group (Hydra's runtime choices), {} outside Hydra."""
+    if not HydraConfig.initialized():
+        return {}
+    return dict(HydraConfig.get().runtime.choices)
 
 
 def metric(trainer: L.Trainer, key: str) -> float | None:
@@ -75,14 +144,39 @@ def metric(trainer: L.Trainer, key: str) -> float | None:
     return None if value is None else value.item()
 
 
-def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule) -> dict:
-    """The log-likelihood of ``cfg.evaluate.split`` (``intvae.evaluate``), on one device over the
-    whole split (in a DDP run: on rank 0, while the other ranks are done), also sent to the
-    loggers."""
+def fit_fields(trainer: L.Trainer, start_step: int, previous: dict) -> dict:
+    """The results of the fit; after a resume that had nothing left to train (a run killed
+    after its last epoch), those the interrupted attempt recorded for the same step."""
+    if trainer.global_step == start_step and previous.get("steps") == trainer.global_step:
+        return {key: previous.get(key) for key in FIT_FIELDS}
+    return {"epochs": trainer.current_epoch, "steps": trainer.global_step,
+            "train_bound": metric(trainer, "train/bound"),
+            "val_bound": metric(trainer, "val/bound"),
+            "train_std_min": metric(trainer, "train/std_min")}
+
+
+def tested_weights(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """The checkpoint whose weights the test pass and the evaluation use:
+    ``evaluate.checkpoint=best`` (the default) the best by validation bound, ``last`` the last;
+    None (the weights in memory, the last ones) where there is no such checkpoint."""
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    path = callback.best_model_path if cfg.evaluate.checkpoint == "best" else (
+        callback.last_model_path)
+    return path if path and Path(path).is_file() else None
+
+
+def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, bound, datamodule) -> dict:
+    """The log-likelihood of ``cfg.evaluate.split`` (``intvae.app.evaluate``) under the bound's
+    own intervals (``interval`` for a density bound), on one device over the whole split (in a
+    DDP run: on rank 0, while the other ranks are done), also sent to the loggers."""
     split = cfg.evaluate.split
-    fields = evaluate(vae, instantiate(cfg.interval), datamodule, cfg.evaluate.samples,
+    interval = getattr(bound, "interval", None) or instantiate(cfg.interval)
+    fields = evaluate(vae, interval, datamodule, cfg.evaluate.samples,
                       trainer.strategy.root_device, split, cfg.evaluate.chunk_elements,
                       cfg.evaluate.limit_batches, bits_per_dim=cfg.evaluate.bits_per_dim)
+    fields["eval_interval"] = repr(interval)
     values = {f"{split}/log_likelihood": fields[f"{split}_log_likelihood"],
               f"{split}/log_likelihood_bins": fields.get(f"{split}_log_likelihood_bins"),
               f"{split}/bits_per_dim": fields["bits_per_dim"]}
@@ -94,14 +188,28 @@ def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train, test and evaluate the run ``cfg`` describes; return its results."""
+    """Train, test and evaluate the run ``cfg`` describes; return its results. The main
+    process holds the run directory's lock throughout (``RunLock``)."""
     check_no_ddp_in_multirun(cfg.trainer.devices, cfg.trainer.get("num_nodes") or 1)
     check_root_keys(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    lock = RunLock(output_dir).acquire() if launched_rank() == 0 else None
+    try:
+        return run(cfg, output_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict:
+    """``train`` once the lock is held."""
     # Before anything is written: refuse a finished run in output_dir, find the checkpoint to
-    # resume from and check that it can be read (intvae.resume).
+    # resume from and check that it can be read (intvae.app.resume).
     ckpt_path = start_checkpoint(output_dir, cfg.get("ckpt_path"), cfg.get("resume", "auto"),
-                                 cfg.get("overwrite", False))
+                                 cfg.get("overwrite", False), cfg.trainer.max_epochs)
+    resumed = read_checkpoint(ckpt_path) if ckpt_path else {"global_step": 0, "epoch": -1}
+    start_step = resumed["global_step"]
+    previous = read_results(output_dir / RESULTS_FILE) if ckpt_path else {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
@@ -109,41 +217,66 @@ def train(cfg: DictConfig) -> dict:
     bound = instantiate(cfg.bound)
     vae = build_vae(cfg, datamodule.num_pixels)
     bound.check_likelihood(vae.head.likelihood)  # e.g. bound=ielbo likelihood=bernoulli
-    compiled = select_kernels(vae, cfg.compile, lambda: probe(bound, vae))
-    noise = cfg.get("noise")
-    module = VAEModule(vae, bound, instantiate(cfg.optimizer), hyperparameters(cfg, bound),
-                       noise=instantiate(noise) if noise else None,
+    check_interval(bound, datamodule)
+    noise = instantiate(cfg.noise) if cfg.get("noise") else None
+    record = describe_run(bound, vae, noise, datamodule, cfg.seed, choices())
+    hparams = {**record, "config": OmegaConf.to_container(cfg, resolve=True)}
+    module = VAEModule(vae, bound, instantiate(cfg.optimizer), hparams, noise=noise,
                        compile_step=cfg.compile_step)
     callbacks = [*instantiate_all(cfg.get("callbacks")), EpochSeeds(cfg.seed)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                          logger=instantiate_all(cfg.get("logger")) or False,
-                          **trainer_plugins(cfg.trainer))
+    loggers = instantiate_all(cfg.get("logger"), wandb={"tags": tags(record)})
+    for logger in loggers if ckpt_path else ():  # drop a killed attempt's rows after its checkpoint
+        if isinstance(logger, AppendingCSVLogger):
+            logger.keep_rows_up_to(start_step, resumed["epoch"])
+    plugins = trainer_plugins(cfg.trainer)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=[AtomicCheckpointIO(), *plugins.get("plugins", [])])
+    check_memory(bound, datamodule, trainer.strategy.root_device)
+    compiled = select_kernels(vae, cfg.compile, lambda: probe(bound, vae))
     guard = next((c for c in callbacks if isinstance(c, NonFiniteGuard)), None)
-    results = {"bound": bound.name, "delta": cfg.delta, "alpha": cfg.alpha,
-               "samples": cfg.samples, "output_dir": str(output_dir), "status": "failed",
+    results = {**record, "output_dir": str(output_dir), "status": "running",
                "compiled_kernels": compiled, "resumed_from": ckpt_path,
                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_results(output_dir / RESULTS_FILE, results)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        results.update(epochs=trainer.current_epoch, steps=trainer.global_step,
-                       fit_seconds=round(time.perf_counter() - start, 1),
-                       train_bound=metric(trainer, "train/bound"),
-                       val_bound=metric(trainer, "val/bound"),
-                       train_std_min=metric(trainer, "train/std_min"))
-        trainer.test(module, datamodule=datamodule)
-        results.update(status="completed", test_bound=metric(trainer, "test/bound"),
-                       test_std_min=metric(trainer, "test/std_min"))
-        if trainer.is_global_zero and cfg.evaluate.enabled:
-            results.update(evaluate_run(cfg, trainer, vae, datamodule))
+        with sigterm_raises():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            results.update(fit_fields(trainer, start_step, previous),
+                           fit_seconds=round(time.perf_counter() - start, 1))
+            if guard is not None and 0 < results["steps"] == guard.non_finite_steps:
+                raise NothingTrainedError(f"every one of the {results['steps']} updates of run "
+                                     f"{output_dir} was skipped as non-finite: nothing was "
+                                     "trained")
+            if trainer.is_global_zero:  # a kill from here on resumes to these fields
+                write_results(output_dir / RESULTS_FILE, results)
+            weights = tested_weights(cfg, trainer)
+            stage_seed(cfg.seed, TEST_STREAM)
+            trainer.test(module, datamodule=datamodule, ckpt_path=weights, weights_only=True)
+            results.update(test_bound=metric(trainer, "test/bound"),
+                           test_std_min=metric(trainer, "test/std_min"),
+                           checkpoint=weights, weights=cfg.evaluate.checkpoint
+                           if weights else "final (no checkpoint)")
+            if trainer.is_global_zero and cfg.evaluate.enabled:
+                stage_seed(cfg.seed, EVALUATION_STREAM)
+                results.update(evaluate_run(cfg, trainer, vae, bound, datamodule))
+            results["status"] = "completed"
     except NonFiniteError as error:
-        results.update(status="stopped", error=str(error))
+        stopped = not isinstance(error, NothingTrainedError)  # the guard's mode=stop
+        results.update(status="stopped" if stopped else "failed", error=str(error))
         raise
-    except (KeyboardInterrupt, SystemExit):  # e.g. submitit's requeue on a Slurm time limit
-        results.update(status="interrupted")
+    except (Terminated, KeyboardInterrupt) as error:  # SIGTERM (kill, timeout, Slurm), Ctrl-C
+        results.update(status="interrupted", error=type(error).__name__)
+        if isinstance(error, Terminated):
+            raise SystemExit(Terminated.exit_code) from error
+        raise
+    except SystemExit as error:  # submitit's requeue on a Slurm time limit; Lightning's Ctrl-C
+        results.update(status="interrupted", error=f"SystemExit: {error.code}")
+        raise
+    except Exception as error:
+        results.update(status="failed", error=f"{type(error).__name__}: {describe(error)}")
         raise
     finally:
         results["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -156,11 +289,52 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
+def sweep_job(cfg: DictConfig) -> float | None:
+    """One job of a multirun: a finished run is skipped with a line, and an error is logged in
+    one line (user errors) or with its traceback, recorded in the job's ``results.json`` and
+    does not stop the sweep (``intvae.app.sweeps.OutputDirectories`` lists the failed jobs at the
+    end)."""
+    job = HydraConfig.get().job.num
+    try:
+        return train(cfg).get("val_bound")
+    except FinishedRunError as error:
+        log.info("job %s: skipped, %s", job, describe(error))
+    except SystemExit:
+        raise
+    except Exception as error:
+        if is_user_error(error):
+            log.error("job %s: error: %s", job, describe(error))
+        else:
+            log.exception("job %s failed", job)
+        results = Path(cfg.paths.output_dir) / RESULTS_FILE
+        try:
+            record = read_results(results)
+        except ParameterError:
+            record = {}
+        if record.get("status") != "completed":
+            write_results(results, {**record, "status": "failed",
+                                    "error": f"{type(error).__name__}: {describe(error)}"})
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="train")
 @one_line_errors
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra's entry point; returns the validation bound (what a sweeper would maximize)."""
+    if in_multirun():
+        return sweep_job(cfg)
     return train(cfg).get("val_bound")
+
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def main() -> None:
+    """``intvae-train``: Hydra's entry point, with ``-m``/``--multirun`` accepted anywhere on
+    the command line (Hydra's parser wants it before the overrides)."""
+    flags = [arg for arg in sys.argv[1:] if arg in MULTIRUN_FLAGS]
+    sys.argv[1:] = flags + [arg for arg in sys.argv[1:] if arg not in MULTIRUN_FLAGS]
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ class IRELBO(Bound):
 
     def __init__(self, interval, alpha: float, samples: int = 1):
         super().__init__(samples)
-        allowed = "a finite number > 0 other than 1 (alpha = 1 is the IELBO's limit)"
+        allowed = ("a finite number > 0 other than 1 (as alpha -> 1 the bound tends to one "
+                   "below the IELBO: use bound=ielbo)")
         self.alpha = finite_float("alpha", alpha, allowed)
         require("alpha", alpha, self.alpha > 0 and self.alpha != 1, allowed)
         require("interval", interval, interval.finite,

@@ -5,8 +5,10 @@
   ``Kernels`` (compiled or eager, float32 fast path or not: chosen explicitly);
 * ``intvae.numerics.fast32``: the float32 fast path of the interval kernels.
 
-All functions are vectorized, broadcast their tensor arguments, keep the input's floating dtype
-(float32 or float64) and are differentiable with finite gradients. Formulas: ``docs/math.md``.
+All functions are vectorized, broadcast their tensor arguments (any shape, 0-dim and empty
+included, any memory layout), keep the input's floating dtype if it is float32 or float64 (float16
+and bfloat16 inputs are computed in float32 and give float32, also under autocast, which they
+turn off inside) and are differentiable with finite gradients. Formulas: ``docs/math.md``.
 """
 
 from intvae.numerics.interval import (

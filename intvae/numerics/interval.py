@@ -12,6 +12,7 @@ float32 could miss the accuracy contract. The choice is passed explicitly (``ker
 ``kernels``); there is no process-wide switch.
 """
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -212,7 +213,8 @@ class Kernels:
 
     def evaluate(self, lo, hi, loc, scale, power, dtype, needs):
         """Saturated value and the partial derivatives ``needs`` asks for (None for the
-        others), in ``dtype``, of the broadcast shape of the inputs."""
+        others), in ``dtype``, of the broadcast shape of the inputs (any shape: 0-dim, empty,
+        broadcast, non-contiguous)."""
         inputs = [lo, hi, loc, scale]
         if not self.uses_fast_path(inputs, dtype):
             args = [t.to(_WORK) for t in torch.broadcast_tensors(*inputs)]
@@ -221,15 +223,17 @@ class Kernels:
                      for g, n in zip(grads or [None] * 4, needs, strict=True)]
             return _saturate(value, dtype).to(dtype), grads
         value, grads, ok = self._float32()(lo, hi, loc, scale, power, tuple(needs))
-        where = torch.nonzero(~ok, as_tuple=True)  # on the CPU: no device to wait for
-        if where[0].numel():
+        # A boolean mask, not nonzero(as_tuple=True): for a 0-dim mask that gives one index
+        # tensor, which a 0-dim tensor cannot take. On the CPU: no device to wait for.
+        slow = ~ok
+        if slow.any():
             shape = value.shape
-            args = [t.expand(shape)[where].to(_WORK) for t in inputs]
-            slow, slow_grads = power_integral64(*args, power, dtype, with_grads=any(needs))
-            value[where] = _saturate(slow, dtype).to(dtype)
-            for g, s in zip(grads, slow_grads or [None] * 4, strict=True):
+            args = [t.expand(shape)[slow].to(_WORK) for t in inputs]
+            exact, exact_grads = power_integral64(*args, power, dtype, with_grads=any(needs))
+            value[slow] = _saturate(exact, dtype).to(dtype)
+            for g, s in zip(grads, exact_grads or [None] * 4, strict=True):
                 if g is not None:
-                    g[where] = _saturate(s, dtype).to(dtype)
+                    g[slow] = _saturate(s, dtype).to(dtype)
         return value, grads
 
 
@@ -251,6 +255,16 @@ class _PowerIntegral(torch.autograd.Function):
         return tuple(grad * next(saved) if n else None for n in ctx.needs) + (None,) * 3
 
 
+def _no_autocast(device_type: str):
+    """A context where autocast is off for ``device_type`` (a null context where autocast does
+    not exist for it). The backward of ``_PowerIntegral`` needs none: it multiplies the
+    incoming gradient by the saved float32/float64 partial derivatives, an operation autocast
+    does not cast."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @torch.compiler.disable  # its own kernels are compiled (Kernels.compiled); the fallback's data-
 # dependent gather would make a compiled caller (VAEModule(compile_step=True)) recompile
 def log_normal_power_integral(lo, hi, loc, scale, power: float,
@@ -263,17 +277,30 @@ def log_normal_power_integral(lo, hi, loc, scale, power: float,
     computed in closed form (a custom autograd function), so they stay finite where the
     chain rule through (x - loc) / scale would overflow. ``kernels``: how the kernels run
     (``Kernels``).
+
+    Shapes and dtypes: the arguments broadcast (any shapes, 0-dim and empty included, any
+    memory layout); the result has the broadcast shape. It is float64 if an input is float64,
+    else float32: float16 and bfloat16 inputs (a decoder's output under autocast) are upcast
+    and computed in float32, and the result stays float32, because a bound needs float32
+    there: a log-probability of a narrow interval and its sums over pixels and samples
+    need float32's 24 bits (bfloat16 keeps 8: an error of 0.4% per pixel) and range (float16
+    ends at 65504, below a summed bound or a gradient 1/scale). Gradients go back to each
+    input in its own dtype (autograd's cast): for a float16 input one beyond 65504 becomes
+    inf, the overflow that the gradient scaler of ``precision=16-mixed`` detects and skips.
+    Autocast is disabled inside (the kernels never compute in a lower precision than
+    float32), so the result is the same with or without autocast.
     """
     power = float(power)
     if power == 0.0 or not math.isfinite(power):
         raise ValueError(f"power must be a finite number other than 0, got {power!r}")
     inputs = _as_tensors(lo, hi, loc, scale)
     dtype = _result_dtype(*inputs)
-    inputs = [t if t.dtype == dtype else t.to(dtype) for t in inputs]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        # Autograd sums each gradient (of the broadcast shape) back to its input's shape.
-        return _PowerIntegral.apply(*inputs, power, dtype, kernels)
-    return kernels.evaluate(*(t.detach() for t in inputs), power, dtype, (False,) * 4)[0]
+    with _no_autocast(inputs[0].device.type):
+        inputs = [t if t.dtype == dtype else t.to(dtype) for t in inputs]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            # Autograd sums each gradient (of the broadcast shape) back to its input's shape.
+            return _PowerIntegral.apply(*inputs, power, dtype, kernels)
+        return kernels.evaluate(*(t.detach() for t in inputs), power, dtype, (False,) * 4)[0]
 
 
 def log_normal_interval(lo, hi, loc, scale, kernels: Kernels = EAGER) -> torch.Tensor:

@@ -4,9 +4,10 @@ closed-form gradients: ``log1mexp``, Dawson's integral ``dawson``, the log norma
 scaled complementary error function, the Dawson table). Formulas: ``docs/math.md``.
 
 They compute in float64 internally and round once at the end, so float32 results carry only
-the input's rounding. Saturation: a magnitude beyond ``log_limit(dtype)`` (``finfo(dtype).max /
-2**64``: about 1.8e19 in float32) is returned as that limit, so that sums over pixels, samples
-and a batch and the backward pass through the networks stay finite.
+the input's rounding; float16 and bfloat16 inputs give float32 results. Saturation: a magnitude
+beyond ``log_limit(dtype)`` (``finfo(dtype).max / 2**64``: about 1.8e19 in float32) is returned
+as that limit, so that sums over pixels, samples and a batch and the backward pass through the
+networks stay finite.
 """
 
 import functools
@@ -39,15 +40,26 @@ def log_limit(dtype: torch.dtype) -> float:
 
 
 def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The floating dtype of the result: float64 if any input is float64, else float32."""
+    """The floating dtype of the result: float64 if any input is float64 (or, for inputs that
+    are all integers or Python numbers, if the default dtype is), else float32. float16 and
+    bfloat16 inputs give float32: the kernels compute in float32 at least, and a log-density
+    and its sums need float32's precision and range (``log_normal_power_integral``)."""
     dtypes = [t.dtype for t in tensors if t.dtype.is_floating_point]
-    return functools.reduce(torch.promote_types, dtypes, torch.get_default_dtype())
+    floor = torch.promote_types(torch.get_default_dtype(), torch.float32)
+    return functools.reduce(torch.promote_types, dtypes, floor)
 
 
 def _as_tensors(*values) -> list[torch.Tensor]:
     tensors = [torch.as_tensor(v) for v in values]
     device = next((t.device for t in tensors if t.dim() > 0), tensors[0].device)
     return [t.to(device) for t in tensors]
+
+
+def _upcast_half(x: torch.Tensor) -> torch.Tensor:
+    """float16 and bfloat16 to float32 (what ``dawson`` and ``log_ndtr`` return for them, as
+    the interval kernels: float16's range ends at 65504, below log Phi's values); other dtypes
+    as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _saturate(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -91,10 +103,13 @@ def _dawson_piecewise(x: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tenso
     xt = x.clamp(max=_dawson_table.ASYMPTOTIC_FROM)
     index = torch.floor(xt / width).long().clamp(max=table.shape[1] - 1)
     u = (xt - (index.to(x.dtype) + 0.5) * width) / (0.5 * width)
+    # On flat views: a 0-dim index tensor would index as a Python scalar (a host read, which
+    # torch.compile cannot compile: a graph break, with a backend error in its log).
+    index, u = index.reshape(-1), u.reshape(-1)
     g = table[-1][index]
     for k in range(table.shape[0] - 2, -1, -1):
         g = torch.addcmul(table[k][index], g, u)
-    return xt, g
+    return xt, g.reshape(xt.shape)
 
 
 def _dawson_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +155,7 @@ def dawson(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if not x.dtype.is_floating_point:
         x = x.to(torch.get_default_dtype())
-    return _Dawson.apply(x)
+    return _Dawson.apply(_upcast_half(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,4 +219,4 @@ def log_ndtr(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if not x.dtype.is_floating_point:
         x = x.to(torch.get_default_dtype())
-    return _LogNdtr.apply(x)
+    return _LogNdtr.apply(_upcast_half(x))

@@ -23,7 +23,12 @@ fetched into it, as for training):
 * ``reconstructions.png``: the same validation images and their reconstructions from the
   encoder's mean by every run, one row per run (the paper's figures 4-9).
 * ``table.md`` and ``table.csv``: one row per run (``COLUMNS``); a missing value is ``-`` in
-  the markdown table and an empty cell in the CSV, which keeps full precision.
+  the markdown table and an empty cell in the CSV, which keeps full precision and raw strings
+  (the markdown table shows a line break as a space and escapes ``|``, ``&``, ``<``, ``>``).
+
+A damaged file in a run directory costs only what it damages, with one warning naming it (and
+the line of ``metrics.csv``): a run whose ``results.json`` cannot be read is left out (it still
+takes its place in ``--labels``), a damaged field, config node or metric cell is left blank.
 
 Runs read from W&B have no checkpoint, so they appear in the table and the curves only. The
 figures and the table are also available as functions (``load_runs``, ``table``,
@@ -44,7 +49,14 @@ from intvae.report.plots import (
     plot_reconstructions,
 )
 from intvae.report.results_table import table, write_table
-from intvae.report.runs import ReportError, Run, load_runs, load_wandb_runs, relabel
+from intvae.report.runs import (
+    ReportError,
+    Run,
+    load_runs,
+    load_wandb_runs,
+    readable,
+    relabel,
+)
 
 
 def write_report(runs: list[Run], out: str | Path, data_root: str | None = None,
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        runs = load_runs(args.paths)
+        runs = load_runs(args.paths, keep_damaged=True)
         if args.wandb:
             try:
                 filters = json.loads(args.wandb_filter) if args.wandb_filter else None
@@ -97,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             raise ReportError(f"--wandb {args.wandb}: no run matches")
         relabel(runs, args.labels)
+        if not readable(runs):
+            raise ReportError(f"no run could be read ({len(runs)} damaged, see the warnings)")
+        runs = readable(runs)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The results table of the report: one row per run (``COLUMNS``), as markdown and CSV."""
 
 import csv
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -9,7 +10,9 @@ from pathlib import Path
 from intvae.app.runs import (
     allowed_targets,
 )
-from intvae.report.runs import Run, last, series
+from intvae.report.runs import Run, last, printable, series
+
+log = logging.getLogger(__name__)
 
 
 def _result(run: Run, name: str, metric: str | None = None):
@@ -71,6 +74,19 @@ def smallest_std(run: Run) -> float | None:
     return min(values) if values else None
 
 
+def bound_parameter(run: Run, key: str):
+    """The bound's ``key`` (delta, alpha, samples) as the run recorded it (``results.json``,
+    null where the bound has none), else as the run's config built the bound (its ``bound``
+    node; the root knobs such as ``delta`` may differ from what ran)."""
+    if key in run.results:
+        return run.results[key]
+    node = run.config.get("bound")
+    if key == "delta" and isinstance(node, dict):
+        node = node.get("interval")
+    value = node.get(key) if isinstance(node, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 COLUMNS: dict[str, Callable[[Run], object]] = {
     "run": lambda r: r.label,
     "bound": bound_name,
@@ -78,10 +94,10 @@ COLUMNS: dict[str, Callable[[Run], object]] = {
                                        ("sigma_min", "var_min")),
     "interval": lambda r: _component(r.config.get("interval")),
     "noise": lambda r: _component(r.config.get("noise"), "", ("std",)) or
-    ("none" if r.config else None),
-    "delta": lambda r: r.results.get("delta", r.config.get("delta")),
-    "alpha": lambda r: r.results.get("alpha", r.config.get("alpha")),
-    "samples": lambda r: r.results.get("samples", r.config.get("samples")),
+    ("none" if r.config and "noise" not in r.blanked else None),
+    "delta": lambda r: bound_parameter(r, "delta"),
+    "alpha": lambda r: bound_parameter(r, "alpha"),
+    "samples": lambda r: bound_parameter(r, "samples"),
     "epochs": epochs_done,
     "train bound": lambda r: _result(r, "train_bound", "train/bound"),
     "val bound": lambda r: _result(r, "val_bound", "val/bound"),
@@ -101,9 +117,25 @@ log-likelihoods are nats per image. Bounds and the non-finite steps of a run wit
 ``results.json`` are the last logged values."""
 
 
+CELL_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+               RecursionError)
+"""What a column raises on values of an unexpected type (a damaged file the loader let through)."""
+
+
+def _cell(run: Run, name: str):
+    """``COLUMNS[name]`` of ``run``; None, with a warning, if its values cannot give one."""
+    try:
+        return COLUMNS[name](run)
+    except CELL_ERRORS as error:
+        where = run.path if run.path is not None else run.label
+        log.warning("%s: column %r cannot be computed (%s: %s); left blank", where, name,
+                    type(error).__name__, " ".join(str(error).split())[:200])
+        return None
+
+
 def table(runs: list[Run]) -> list[dict]:
     """One row per run: ``COLUMNS`` -> raw values (None where missing)."""
-    return [{name: column(run) for name, column in COLUMNS.items()} for run in runs]
+    return [{name: _cell(run, name) for name in COLUMNS} for run in runs]
 
 
 def fmt(value) -> str:
@@ -121,21 +153,39 @@ def fmt(value) -> str:
     return f"{value:.1f}" if size >= 100 else f"{value:.4g}"
 
 
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters, line breaks among them (``str.splitlines`` breaks at all of these)."""
+
+
+def escape(text: str) -> str:
+    """``text`` as the text of one markdown table cell: line breaks and other control characters
+    as spaces (runs of white space as one), ``&``, ``<`` and ``>`` as HTML entities (no markup
+    gets through), backslashes and pipes escaped by a backslash (no cell is split); what UTF-8
+    cannot encode as a backslash escape (``printable``)."""
+    text = " ".join(_BREAKS.sub(" ", printable(text)).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
 def markdown(rows: list[dict]) -> str:
-    """``rows`` as a markdown table, cells formatted by ``fmt``."""
+    """``rows`` as a markdown table, cells formatted by ``fmt`` and escaped (``escape``): one
+    line per row whatever the strings of a run directory hold."""
     if not rows:
         return ""
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(row[k]).replace("|", "\\|") for k in header) + " |"
-              for row in rows]
+    lines = ["| " + " | ".join(escape(str(k)) for k in header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(fmt(row[k])) for k in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def write_table(rows: list[dict], out: Path) -> list[Path]:
-    """``table.md`` (formatted) and ``table.csv`` (full precision, empty cells where missing)."""
-    (out / "table.md").write_text(markdown(rows))
-    with (out / "table.csv").open("w", newline="") as file:
+    """``table.md`` (formatted and escaped) and ``table.csv`` (full precision, raw strings: CSV
+    quoting keeps a line break in a cell; empty cells where missing)."""
+    # backslashreplace: a lone surrogate in a string of results.json (printable)
+    (out / "table.md").write_text(markdown(rows), encoding="utf-8", errors="backslashreplace")
+    with (out / "table.csv").open("w", newline="", encoding="utf-8",
+                                  errors="backslashreplace") as file:
         writer = csv.DictWriter(file, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
