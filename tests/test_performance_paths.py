@@ -78,9 +78,10 @@ def test_fast_path_serves_a_trained_decoder():
 
 @pytest.mark.parametrize("power", [1.0, -1.0])
 def test_fallback_elements_get_the_float64_result(power):
-    """A tensor mixing fast elements with ones the fast path refuses (infinite ends, ends far
-    beyond its range, a tiny width) gives, element by element, the float64 kernel's saturated
-    result."""
+    """A tensor mixing fast elements with ones the fast path refuses (ends far beyond its
+    range, a tiny width; infinite ends of the Dawson branch, power < 0) gives, element by
+    element, the float64 kernel's saturated result. Infinite ends with power > 0 (the open end
+    bins of ``intvae.intervals.Bins``) stay on the fast path, with the same result."""
     lo = torch.tensor([0.1, -math.inf, 1e9, 0.3, 0.2, -0.5])
     hi = torch.tensor([0.12, 0.4, 1e9 + 1e3, 0.3 + 1e-7, 0.25, math.inf])
     loc = torch.tensor([0.11, 0.2, 0.0, 0.3, 0.9, 0.1], requires_grad=True)
@@ -89,7 +90,8 @@ def test_fallback_elements_get_the_float64_result(power):
     grads = torch.autograd.grad(out.sum(), (loc, scale))
     _, _, ok = fast32.fast_power_integral(lo, hi, loc.detach(), scale.detach(), power,
                                              (False, False, True, True))
-    assert ok.tolist() == [True, False, False, False, True, False]
+    open_ends = power > 0
+    assert ok.tolist() == [True, open_ends, False, False, True, open_ends]
     want, want_grads = interval.power_integral64(
         *(t.detach().double() for t in (lo, hi, loc, scale)), power, F32)
     torch.testing.assert_close(out, special._saturate(want, F32).float(), rtol=1e-5, atol=0)
@@ -249,3 +251,22 @@ def test_log_likelihood_with_auto_chunks(monkeypatch):
     whole = ev.log_likelihoods(vae, [x], 40_000, {"p": Fixed(0.1)}, 10**9, progress=False)
     assert seen == [torch.device("cpu")]
     assert torch.allclose(chunked["p"], whole["p"], atol=0.02)
+
+
+@pytest.mark.parametrize("t", [-3000.0, -40.0, -5.0, 0.0, 5.0, 39.0, 41.0, 4463.0])
+def test_open_end_bins_stay_on_the_fast_path_with_the_right_value(t):
+    """An end bin, (-inf, hi] or [lo, +inf) (``intvae.intervals.Bins``), on the float32 fast
+    path: log Phi(t) and log Phi(-t) against scipy's ``norm.logcdf``, for standardized ends on
+    both sides of the mode and far in the tails (t = 4463 once came out as log P(4423 < X <
+    4463) instead of log P(X < 4463))."""
+    from scipy.stats import norm
+
+    scale = torch.tensor([1e-3], dtype=F32)
+    loc = torch.tensor([0.5], dtype=F32)
+    end = (loc.double() + t * scale.double()).float()
+    t_end = ((end.double() - 0.5) / scale.double()).item()  # the float32 end, standardized
+    for lo, hi, want in ((torch.tensor([-math.inf]), end, norm.logcdf(t_end)),
+                         (end, torch.tensor([math.inf]), norm.logcdf(-t_end))):
+        value, _, ok = fast32.fast_power_integral(lo, hi, loc, scale, 1.0, (False,) * 4)
+        assert ok.item()
+        assert value.item() == pytest.approx(want, rel=1e-5, abs=1e-30)

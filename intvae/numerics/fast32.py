@@ -29,6 +29,8 @@ from intvae.numerics.special import (
 
 _F32 = torch.float32
 _FAST_T_MAX = 1e6  # beyond this |standardized end|: the float64 kernel (and its saturation)
+_OPEN_END = 40.0  # an open lower end stands at min(b, 0) - 40 (an open upper end mirrored):
+# Phi(min(b, 0) - 40) / Phi(b) < Phi(-40) / Phi(0) < 1e-348, below float64's resolution
 _FAST_MIN_WIDTH = 1e-30  # standardized widths below this: the float64 kernel
 _FAST_MIN_SCALE = 1e-37  # smaller (subnormal) scales: the float64 kernel
 _FAST_NARROW = {1: 0.5, -1: 0.35}  # d max(1, |m|) below this: the midpoint series
@@ -177,7 +179,12 @@ def fast_power_integral(lo, hi, loc, scale, power, needs):
     lo64, hi64, loc64, scale64 = (t.to(_WORK) for t in (lo, hi, loc, scale))
     factor64 = k / scale64
     tl64, th64 = (lo64 - loc64) * factor64, (hi64 - loc64) * factor64
-    d = ((hi64 - lo64) * factor64).to(_F32)
+    width64 = (hi64 - lo64) * factor64
+    if power > 0:  # an open end (the end bins' -inf or +inf) as a finite one (_OPEN_END)
+        tl64 = torch.where(tl64 == -math.inf, th64.clamp(max=0.0) - _OPEN_END, tl64)
+        th64 = torch.where(th64 == math.inf, tl64.clamp(min=0.0) + _OPEN_END, th64)
+        width64 = torch.where(torch.isinf(width64), th64 - tl64, width64)
+    d = width64.to(_F32)
     mid = (0.5 * (tl64 + th64)).to(_F32)  # from float64: no cancellation when tl ~ -th
     logd = torch.log(d)
     # Mirror: the Phi kernel wants a + b <= 0, the Dawson kernel a + b >= 0.
