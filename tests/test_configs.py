@@ -13,6 +13,7 @@ from intvae.app.build import build_vae
 from intvae.app.config import CONF_DIR, requested_devices, run_dir
 from intvae.app.errors import ConfigError, describe
 from intvae.app.train import instantiate_all
+from intvae.app.wandb_names import sweep_name
 from intvae.data import ImageDataModule
 from intvae.networks import VAE
 
@@ -86,18 +87,20 @@ def test_hydra_launchers_compose_to_installed_launchers(launcher):
 
 
 def test_wandb_logger_settings(compose_train):
-    cfg = compose_train("logger=wandb", "bound=irelbo", "delta=0.005")
+    """Group: the configuration without its seed; name outside a sweep: the bound's; tags are
+    the app's (``intvae.app.wandb_run``); id: the stored one, set by the app."""
+    cfg = compose_train("logger=wandb", "bound=irelbo", "delta=0.005", "seed=3")
     OmegaConf.resolve(cfg)
     wandb = cfg.logger.wandb
-    assert list(wandb.tags) == ["irelbo", "delta=0.005", "alpha=2.0"]
-    assert wandb.group is None and wandb.mode == "disabled"  # the test environment's WANDB_MODE
-    assert wandb.save_dir == cfg.paths.output_dir
+    assert wandb.group == "bound=irelbo,delta=0.005" and wandb.name == "irelbo"
+    assert wandb.mode == "disabled"  # the test environment's WANDB_MODE
+    assert wandb.save_dir == cfg.paths.output_dir and wandb.id is None
 
 
-def test_sweep_group_is_the_sweep_directory_name(compose_train, tmp_path):
+def test_sweep_name_is_the_sweep_directory_name(compose_train, tmp_path):
     sweep = tmp_path / "multirun" / "2030-01-01_10-00-00"
-    cfg = compose_train("logger=wandb", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}")
-    assert cfg.logger.wandb.group == "2030-01-01_10-00-00"
+    compose_train("logger=wandb", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}")
+    assert sweep_name() == "2030-01-01_10-00-00"
 
 
 def test_run_dir_of_a_checkpoint(tmp_path):

@@ -36,6 +36,7 @@ from conftest import TINY
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from single_thread import one_thread  # noqa: F401  (autouse fixture)
+from test_module import FlakyBound
 
 from intvae import numerics
 from intvae.app.build import build_vae
@@ -253,22 +254,6 @@ def test_bf16_mixed_app_run_trains_with_clipping_and_the_guard(compose_train, mo
     assert decoder_dtypes == {torch.float32}
     assert kernel_calls and all(call == (False, torch.float32, torch.float32)
                                 for call in kernel_calls)
-
-
-class FlakyBound(IELBO):
-    """The IELBO, except that the given training calls return a NaN bound."""
-
-    def __init__(self, nan_calls: set[int]):
-        super().__init__(Fixed(0.05), samples=2)
-        self.nan_calls, self.calls = nan_calls, 0
-
-    def __call__(self, vae, x):
-        result = super().__call__(vae, x)
-        if torch.is_grad_enabled():
-            self.calls += 1
-            if self.calls in self.nan_calls:
-                result.bound = result.bound * math.nan
-        return result
 
 
 def fit(bound, guard: NonFiniteGuard, tmp_path, plugin=None, precision=None) -> L.Trainer:

@@ -168,17 +168,36 @@ class Figures(L.Callback):
     last: the reconstruction grid, prior samples and the histogram of decoder standard
     deviations, drawn from the first ``num_images`` validation images, saved as
     ``<output>/figures/<name>_epoch<NNN>.png`` (``<name>_final.png`` after a last partial epoch)
-    and sent to the W&B and TensorBoard loggers (images and a histogram)."""
+    and sent to the W&B and TensorBoard loggers (images and a histogram).
+    ``every_n_epochs="auto"``: at most about ``MAX_DRAWINGS`` sets per run
+    (``auto_every``); the last epoch is always drawn."""
 
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 10, num_prior_samples: int = 64):
-        self.every_n_epochs = integer("every_n_epochs", every_n_epochs, 1)
+    MAX_DRAWINGS = 100
+
+    def __init__(self, every_n_epochs: int | str = "auto", num_images: int = 10,
+                 num_prior_samples: int = 64):
+        self.every_n_epochs = integer("every_n_epochs", every_n_epochs, 1, word="auto")
         self.num_images = integer("num_images", num_images, 1)
         self.num_prior_samples = integer("num_prior_samples", num_prior_samples, 1)
         self._drawn_step: int | None = None
 
+    @classmethod
+    def auto_every(cls, max_epochs: int | None) -> int:
+        """Every how many epochs to draw for at most ``MAX_DRAWINGS`` sets in ``max_epochs``
+        (1 where the epochs are not bounded)."""
+        if max_epochs is None or max_epochs < 1:
+            return 1
+        return max(1, -(-max_epochs // cls.MAX_DRAWINGS))
+
+    def every(self, trainer) -> int:
+        """The period in epochs, ``auto`` resolved from ``trainer.max_epochs``."""
+        if self.every_n_epochs == "auto":
+            return self.auto_every(trainer.max_epochs)
+        return self.every_n_epochs
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epochs = trainer.current_epoch + 1
-        if epochs % self.every_n_epochs == 0:
+        if epochs % self.every(trainer) == 0 or epochs == trainer.max_epochs:
             self.draw(trainer, pl_module, f"epoch{epochs:03d}")
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -9,18 +9,15 @@ Resolvers registered here (importing ``intvae.config`` registers them):
 * ``${intvae.run_dir:<ckpt_path>,<default>}``: the output directory of the run a checkpoint
   belongs to (``<run>/checkpoints/<file>.ckpt`` -> ``<run>``), else ``<default>``; so
   ``ckpt_path=<file>`` resumes into the same directory.
-* ``${intvae.sweep_group:}``: the name of the multirun (sweep) directory in a multirun job, else
-  null; the W&B group, so that the runs of one sweep share a group.
-* ``${intvae.run_name:}``: the job's ``override_dirname`` (e.g. ``bound=irelbo,delta=0.01``),
-  else null.
-* ``${intvae.run_id:<output_dir>}``: the W&B run id of a run directory (``run_id``): every attempt
-  of a run (resumed, requeued) logs into one W&B run.
+* ``${intvae.sweep:}``, ``${intvae.run_name:}``, ``${intvae.run_group:}``: the sweep's name,
+  the job's W&B name (what varies in the sweep) and its W&B group (its configuration without
+  the seed), from Hydra's record of the job (``intvae.app.wandb_names``).
 * ``${intvae.gpu_count:}``: the number of GPUs a parallel sweep may use
   (``intvae.app.launch.gpu_count``), the ``n_jobs`` of ``hydra/launcher=joblib_gpus``.
 """
 
-import hashlib
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -29,7 +26,9 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from intvae.app.errors import ConfigError
+from intvae.app.files import write_text
 from intvae.app.launch import gpu_count
+from intvae.app.wandb_names import run_group, run_name, sweep_name
 from intvae.checks import boolean, finite_float, integer, is_int, one_of, require
 
 CONF_MODULE = "intvae.app.conf"
@@ -52,16 +51,6 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def sweep_group() -> str | None:
-    return Path(HydraConfig.get().sweep.dir).name if in_multirun() else None
-
-
-def run_name() -> str | None:
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().job.override_dirname or None
-
-
 OVERWRITTEN = "overwritten"
 """The folder of a run directory that ``overwrite=true`` moves earlier runs into
 (``intvae.resume``)."""
@@ -73,21 +62,29 @@ def overwritten_runs(output_dir: str | os.PathLike[str]) -> int:
     return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
 
 
-def run_id(output_dir: str | os.PathLike[str]) -> str:
-    """The W&B run id of the run in ``output_dir``: 16 hex digits of the sha256 of its absolute
-    path (with the number of runs ``overwrite=true`` moved aside, so that a run started again
-    gets a new id): the same for every attempt of a run, on every node that sees the directory
-    under the same path."""
-    path = Path(output_dir).expanduser().resolve()
-    generation = overwritten_runs(path)
-    key = str(path) if generation == 0 else f"{path}#{generation}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+WANDB_ID_FILE = "wandb_id"
+"""The file of a run directory that holds its W&B run id (``run_id``)."""
+
+
+def run_id(output_dir: str | os.PathLike[str], fresh: bool = False) -> str:
+    """The W&B run id of the run in ``output_dir``, stored in ``<output_dir>/wandb_id``: a new
+    random id (16 hex digits, written atomically) for a ``fresh`` run or where none is stored,
+    else the stored one, so that every attempt of a run (resumed, requeued) logs into one W&B
+    run and a run started afresh (a reused or emptied directory, ``overwrite=true``) into a new
+    one."""
+    path = Path(output_dir) / WANDB_ID_FILE
+    stored = None if fresh or not path.is_file() else path.read_text().strip()
+    if stored:
+        return stored
+    new = secrets.token_hex(8)
+    write_text(path, new + "\n")
+    return new
 
 
 OmegaConf.register_new_resolver("intvae.run_dir", run_dir, replace=True)
-OmegaConf.register_new_resolver("intvae.sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("intvae.sweep", sweep_name, replace=True)
 OmegaConf.register_new_resolver("intvae.run_name", run_name, replace=True)
-OmegaConf.register_new_resolver("intvae.run_id", run_id, replace=True)
+OmegaConf.register_new_resolver("intvae.run_group", run_group, replace=True)
 OmegaConf.register_new_resolver("intvae.gpu_count", gpu_count, replace=True)
 
 

@@ -32,6 +32,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from intvae.app import wandb_run
 from intvae.app.build import select_kernels
 from intvae.app.config import CONF_MODULE, check_evaluation
 from intvae.app.errors import one_line_errors
@@ -114,7 +115,9 @@ def reevaluate(cfg: DictConfig) -> dict:
     select_kernels(vae, cfg.compile, lambda: log_likelihoods(vae, [grey], 2, probe, progress=False))
     fields = evaluate(vae, interval, datamodule, cfg.samples, device, cfg.split,
                       cfg.chunk_elements, cfg.limit_batches, bits_per_dim=cfg.bits_per_dim)
-    return update_results(run_dir / RESULTS_FILE, **fields, checkpoint=str(ckpt))
+    results = update_results(run_dir / RESULTS_FILE, **fields, checkpoint=str(ckpt))
+    wandb_run.add_evaluation(run_dir, config, fields)  # the run's W&B summary, if it has one
+    return results
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="evaluate")

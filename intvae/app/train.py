@@ -47,6 +47,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from intvae.app import wandb_run
 from intvae.app.build import build_vae, select_kernels
 from intvae.app.callbacks import NonFiniteGuard
 from intvae.app.config import (
@@ -69,7 +70,7 @@ from intvae.app.files import AtomicCheckpointIO, RunLock, write_text
 from intvae.app.launch import trainer_plugins
 from intvae.app.loggers import AppendingCSVLogger
 from intvae.app.module import VAEModule
-from intvae.app.record import describe_run, tags
+from intvae.app.record import describe_run
 from intvae.app.resume import (
     EVALUATION_STREAM,
     TEST_STREAM,
@@ -224,7 +225,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     module = VAEModule(vae, bound, instantiate(cfg.optimizer), hparams, noise=noise,
                        compile_step=cfg.compile_step)
     callbacks = [*instantiate_all(cfg.get("callbacks")), EpochSeeds(cfg.seed)]
-    loggers = instantiate_all(cfg.get("logger"), wandb={"tags": tags(record)})
+    loggers = instantiate_all(cfg.get("logger"), wandb=wandb_run.logger_settings(
+        cfg, record, output_dir, fresh=ckpt_path is None))  # W&B: tags, sweep, stored id
     for logger in loggers if ckpt_path else ():  # drop a killed attempt's rows after its checkpoint
         if isinstance(logger, AppendingCSVLogger):
             logger.keep_rows_up_to(start_step, resumed["epoch"])
@@ -283,8 +285,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         results["non_finite_steps"] = None if guard is None else guard.non_finite_steps
         if trainer.is_global_zero:
             results = write_results(output_dir / RESULTS_FILE, results)
-        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].finish()  # else the next job of a multirun logs into this run
+        wandb_run.finish(results)  # W&B summary; else the next job of a multirun logs into it
     log.info("results: %s", results)
     return results
 

@@ -229,7 +229,7 @@ class Kernels:
         if slow.any():
             shape = value.shape
             args = [t.expand(shape)[slow].to(_WORK) for t in inputs]
-            exact, exact_grads = power_integral64(*args, power, dtype, with_grads=any(needs))
+            exact, exact_grads = self._float64()(*args, power, dtype, with_grads=any(needs))
             value[slow] = _saturate(exact, dtype).to(dtype)
             for g, s in zip(grads, exact_grads or [None] * 4, strict=True):
                 if g is not None:

@@ -348,13 +348,14 @@ def load_runs(paths: Iterable[str | Path], labels: list[str] | None = None,
 HISTORY_KEYS = ("train/bound", "val/bound", "test/bound", "train/std_min", "val/std_min",
                 "train/non_finite_steps")
 SUMMARY_FIELDS = {
-    "train_bound": "train/bound", "val_bound": "val/bound", "test_bound": "test/bound",
+    "train_bound": "train/bound", "val_bound": "val/bound_final", "test_bound": "test/bound",
     "train_std_min": "train/std_min", "test_std_min": "test/std_min",
     "non_finite_steps": "train/non_finite_steps", "test_log_likelihood": "test/log_likelihood",
     "test_log_likelihood_bins": "test/log_likelihood_bins", "bits_per_dim": "test/bits_per_dim",
-    "wall_seconds": "_runtime",
+    "k": "test/k", "wall_seconds": "wall_seconds",
 }
-"""``results.json`` field -> W&B summary key (what ``intvae.train`` logs)."""
+"""``results.json`` field -> W&B summary key (``intvae.app.wandb_run.summary``; ``val/bound``
+itself is the best epoch's)."""
 HISTORY_SAMPLES = 2000
 
 
@@ -367,9 +368,6 @@ def wandb_run(api_run) -> Run:
     results = {key: summary.get(name) for key, name in SUMMARY_FIELDS.items()}
     results.update({key: hparams.get(key) for key in ("bound", "delta", "alpha", "samples")},
                    status=api_run.state)
-    samples = (config.get("evaluate") or {}).get("samples")
-    if isinstance(samples, int) and results["test_log_likelihood"] is not None:
-        results["k"] = samples
     metrics = [{"epoch": row.get("epoch"), key: row[key]}
                for key in HISTORY_KEYS
                for row in api_run.history(samples=HISTORY_SAMPLES, keys=["epoch", key],
