@@ -169,7 +169,8 @@ def test_every_n_epochs_is_checked():
 def test_the_comparison_view_is_built_offline():
     """The saved view (``intvae.report.wandb_view``) as built, not saved: its filter, grouping
     and panels."""
-    wr = pytest.importorskip("wandb_workspaces.reports.v2")
+    import wandb_workspaces.reports.v2 as wr
+
     from intvae.report.wandb_view import build_workspace
 
     view = build_workspace("me/intvae", sweep=SWEEP)
@@ -197,7 +198,6 @@ def test_the_comparison_view_is_built_offline():
 
 
 def test_the_view_needs_entity_and_project(capsys):
-    pytest.importorskip("wandb_workspaces")
     from intvae.report.wandb_view import main as view_main
 
     assert view_main(["--project", "intvae"]) == 2
