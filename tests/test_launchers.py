@@ -1,4 +1,4 @@
-"""Launchers (``intvae.launch``, ``conf/hydra/launcher/``): parallel sweeps with one GPU per
+"""Launchers (``intvae.app.launch``, ``conf/hydra/launcher/``): parallel sweeps with one GPU per
 worker process (fake GPU ids on the CPU), and Slurm through the real Hydra submitit launcher and
 submitit on a one-node Slurm made of four shell scripts (sbatch, srun, scontrol, sacct): the
 sbatch script the launcher writes, run as a node would, and a job preempted by submitit's own

@@ -1,4 +1,4 @@
-"""Exact resume (``intvae.resume``): a run killed with SIGKILL after its first epoch-end
+"""Exact resume (``intvae.app.resume``): a run killed with SIGKILL after its first epoch-end
 checkpoint and resumed from ``last.ckpt`` reproduces the uninterrupted run's results; the
 per-epoch seeds that make it so; ``resume=auto`` and ``resume=never``."""
 

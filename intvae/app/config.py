@@ -53,7 +53,7 @@ def in_multirun() -> bool:
 
 OVERWRITTEN = "overwritten"
 """The folder of a run directory that ``overwrite=true`` moves earlier runs into
-(``intvae.resume``)."""
+(``intvae.app.resume``)."""
 
 
 def overwritten_runs(output_dir: str | os.PathLike[str]) -> int:

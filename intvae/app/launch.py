@@ -24,7 +24,7 @@ or under any launcher when ``gpus`` is given; never in single runs (DDP ranks ke
 array task per job; ``signal_delay_s`` seconds before the time limit it sends ``USR2``, calls the
 launcher's ``checkpoint()`` (which resubmits the same job: same overrides, same output directory)
 and requeues it, at most ``max_num_timeout`` times; the requeued job resumes from its
-``checkpoints/last.ckpt`` (``resume=auto``, ``intvae.resume``) and logs into the same W&B run.
+``checkpoints/last.ckpt`` (``resume=auto``, ``intvae.app.resume``) and logs into the same W&B run.
 Lightning's own Slurm requeue (``SIGUSR1``) is turned off under submitit
 (``trainer_plugins``), so that only one of the two handles the signal.
 """
