@@ -240,3 +240,20 @@ def test_text_that_is_not_utf_8_is_written_escaped(runs, caplog):
     assert set(result.rows) == {"bad\\udcff", "good"}
     assert result.rows["bad\\udcff"]["status"] == "half\\ud800"
     assert md_rows(result.markdown)["bad\\\\udcff"]["status"] == "half\\\\ud800"
+
+
+def test_the_report_draws_the_weights_the_results_describe(tmp_path):
+    """``Run.checkpoint``: the checkpoint ``results.json`` names, looked up in the run's own
+    ``checkpoints/`` (a path elsewhere is not followed), else ``last.ckpt``."""
+    from intvae.report.runs import load_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    for named, expected in ((str(run / "checkpoints" / "best.ckpt"), "best.ckpt"),
+                            ("/elsewhere/checkpoints/best.ckpt", "best.ckpt"),
+                            ("/elsewhere/other.ckpt", "last.ckpt"), (None, "last.ckpt")):
+        (run / "results.json").write_text(json.dumps({"status": "completed",
+                                                      "checkpoint": named}))
+        assert load_run(run).checkpoint == run / "checkpoints" / expected, named

@@ -56,8 +56,17 @@ class Run:
 
     @property
     def checkpoint(self) -> Path | None:
-        ckpt = None if self.path is None else self.path / LAST_CHECKPOINT
-        return ckpt if ckpt is not None and ckpt.is_file() else None
+        """The weights the run's results describe: the checkpoint ``results.json`` names (the
+        best by validation bound, by default) if it is a file of this run directory, else
+        ``checkpoints/last.ckpt``; None without either."""
+        if self.path is None:
+            return None
+        named = self.results.get("checkpoint")
+        if isinstance(named, str) and Path(named).name and (
+                self.path / "checkpoints" / Path(named).name).is_file():
+            return self.path / "checkpoints" / Path(named).name
+        ckpt = self.path / LAST_CHECKPOINT
+        return ckpt if ckpt.is_file() else None
 
     @property
     def status(self) -> str:
