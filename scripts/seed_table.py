@@ -7,8 +7,9 @@ standard deviation over the seeds of the test log P(I) (nats, K = 100, the run's
 and of bits per dimension (under the 8-bit bins), and the smallest decoder standard deviation;
 then, for each configuration against the reference, the paired difference in bits per dimension
 over the seeds both have (same seed: same data order and initial weights), its mean +- standard
-error, and a verdict: a ranking is stated only where the mean difference exceeds twice its
-standard error (and two or more seeds were paired), else "not distinguishable at this budget".
+error, and a verdict: a ranking is stated only where a two-sided paired t-test over the seeds
+rejects equal means at the 5% level (|mean| > t(0.975, n - 1) x standard error: 12.7 standard
+errors for 2 seeds, 4.3 for 3), else "not distinguishable at this budget".
 """
 
 import argparse
@@ -16,6 +17,8 @@ import json
 import math
 import statistics
 from pathlib import Path
+
+import scipy.stats
 
 
 def load(root: Path) -> dict[str, dict[str, dict]]:
@@ -50,7 +53,8 @@ def paired(runs: dict[str, dict], reference: dict[str, dict]) -> str:
         return f"{len(diffs)} paired seed(s): not enough to compare"
     mean = statistics.mean(diffs)
     error = statistics.stdev(diffs) / math.sqrt(len(diffs))
-    verdict = ("not distinguishable at this budget" if abs(mean) <= 2 * error
+    critical = scipy.stats.t.ppf(0.975, len(diffs) - 1)
+    verdict = ("not distinguishable at this budget" if abs(mean) <= critical * error
                else "lower (better)" if mean < 0 else "higher (worse)")
     return f"{mean:+.3g} +- {error:.2g} over {len(diffs)} seeds: {verdict}"
 

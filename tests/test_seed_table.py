@@ -31,7 +31,15 @@ def test_the_table_states_a_ranking_only_beyond_the_paired_spread(tmp_path):
     assert set(rows) == {"elbo", "better", "same"}
     # mean 3.5, sample sd 0.5
     assert "| 3 | -1000 +- 0 | 3.5 +- 0.5 | 0.001 | - |" in rows["elbo"]
-    # differences -1.0, -0.9, -0.9: mean -0.9333, sd 0.05774, standard error 0.03333
+    # differences -1.0, -0.9, -0.9: mean -0.9333, sd 0.05774, standard error 0.03333, t = 28
+    # beyond t(0.975, 2) = 4.303
     assert "-0.933 +- 0.033 over 3 seeds: lower (better)" in rows["better"]
-    # differences 0.5, -0.5, 0.1: mean 0.0333, standard error 0.2906
+    # differences 0.5, -0.5, 0.1: mean 0.0333, standard error 0.2906, t = 0.11
     assert "+0.0333 +- 0.29 over 3 seeds: not distinguishable at this budget" in rows["same"]
+    for seed, bits in enumerate([2.7, 3.1, 3.6]):  # -0.3, -0.4, -0.4: t = -11 beyond 4.303
+        write(tmp_path, "slightly", seed, bits)
+    for seed, bits in enumerate([2.9, 3.5, 4.1]):  # -0.1, 0.0, +0.1: t = 0
+        write(tmp_path, "tied", seed, bits)
+    rows = seed_table.table(seed_table.load(tmp_path), "elbo")
+    assert "over 3 seeds: lower (better)" in rows.split("slightly")[1].splitlines()[0]
+    assert "not distinguishable" in rows.split("| tied")[1].splitlines()[0]
