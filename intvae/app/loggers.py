@@ -12,6 +12,8 @@ import csv
 import functools
 import io
 import math
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -22,7 +24,22 @@ from intvae.app.files import write_text
 
 
 class AppendingCSVLogger(CSVLogger):
-    """``CSVLogger`` that appends to an existing ``metrics.csv`` instead of replacing it."""
+    """``CSVLogger`` that appends to an existing ``metrics.csv`` instead of replacing it, and
+    saves with SIGTERM and SIGINT held back: the app turns SIGTERM into an exception
+    (``intvae.app.errors.sigterm_raises``), and one raised inside Lightning's save, after it
+    recorded a new column but before it rewrote the header, would leave rows longer than the
+    header on disk."""
+
+    @rank_zero_only
+    def save(self) -> None:
+        held = {signal.SIGTERM, signal.SIGINT}
+        if threading.current_thread() is not threading.main_thread():
+            return super().save()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            super().save()
+        finally:  # a signal that arrived meanwhile is delivered here
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     _last_step, _last_epoch = math.inf, math.inf
 
