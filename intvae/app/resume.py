@@ -28,9 +28,10 @@ reproduces the uninterrupted run exactly on the same machine (``tests/test_resum
 Checkpoints are written at epoch ends only (``conf/callbacks/model_checkpoint.yaml``); a
 mid-epoch checkpoint would replay the epoch's first batches.
 
-**W&B**: ``intvae.app.config.run_id(output_dir)`` is the W&B run id of a run directory
-(``conf/logger/wandb.yaml``: ``id`` with ``resume: allow``), so every attempt of a run (resumed,
-requeued) logs into one W&B run. A run started again with ``overwrite=true`` gets a new id.
+**W&B**: ``intvae.app.config.run_id(output_dir)`` is the W&B run id stored in the run
+directory (``<output_dir>/wandb_id``; ``resume: allow``), so every attempt of a run (resumed,
+requeued) logs into one W&B run; a fresh start (a reused or emptied directory,
+``overwrite=true``) gets a new id.
 """
 
 import logging
