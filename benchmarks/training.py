@@ -59,9 +59,17 @@ def make_bound(name: str, samples: int):
             "iwae": lambda: IWAE(samples)}[name]()
 
 
-def bare_loop(bound, data, args, device) -> float:
+def network(args, device, weights=None):
+    """The paper's network: fresh (seed 0), or with ``weights`` (a state dict) loaded."""
+    vae = paper_vae(compiled=not args.no_compile)
+    if weights is not None:
+        vae.load_state_dict(weights)
+    return vae.to(device)
+
+
+def bare_loop(bound, data, args, device, weights=None) -> float:
     """Steps per second of a plain PyTorch loop."""
-    vae = paper_vae(compiled=not args.no_compile).to(device)
+    vae = network(args, device, weights)
     optimizer = torch.optim.Adam(vae.parameters(), lr=LR, fused=True)
     clock = StepClock(args.warmup, args.steps, device)
     batches = IndexBatches(data, args.batch, train=True, seed=0)
@@ -85,10 +93,10 @@ class _Clock(L.Callback):
         self.clock.tick(batch_idx)
 
 
-def lightning_run(bound, data, args, device, compile_step: bool = False) -> float:
+def lightning_run(bound, data, args, device, compile_step: bool = False, weights=None) -> float:
     """Steps per second of ``VAEModule`` in a ``Trainer`` with the app's settings."""
     clock = StepClock(args.warmup, args.steps, device)
-    module = VAEModule(paper_vae(compiled=not args.no_compile), bound,
+    module = VAEModule(network(args, device, weights), bound,
                        partial(torch.optim.Adam, lr=LR),
                        {"bound": bound.name, "samples": args.samples},
                        compile_step=compile_step)

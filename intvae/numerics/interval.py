@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from intvae.numerics.fast32 import fast_power_integral
+from intvae.numerics.fast32 import BRANCHES, TIERS
 from intvae.numerics.special import (
     _HALF_LOG_2PI,
     _SQRT_2_OVER_PI,
@@ -203,8 +203,8 @@ class Kernels:
     def _float64(self):
         return _compiled(power_integral64) if self.compiled else power_integral64
 
-    def _float32(self):
-        return _compiled(fast_power_integral) if self.compiled else fast_power_integral
+    def _float32(self, tier: int):
+        return _compiled(TIERS[tier]) if self.compiled else TIERS[tier]
 
     def uses_fast_path(self, inputs: list[torch.Tensor], dtype: torch.dtype) -> bool:
         """Whether ``inputs`` go through the float32 fast path: float32 on the CPU."""
@@ -222,19 +222,44 @@ class Kernels:
             grads = [_saturate(g, dtype).to(dtype) if n else None
                      for g, n in zip(grads or [None] * 4, needs, strict=True)]
             return _saturate(value, dtype).to(dtype), grads
-        value, grads, ok = self._float32()(lo, hi, loc, scale, power, tuple(needs))
-        # A boolean mask, not nonzero(as_tuple=True): for a 0-dim mask that gives one index
-        # tensor, which a 0-dim tensor cannot take. On the CPU: no device to wait for.
-        slow = ~ok
-        if slow.any():
-            shape = value.shape
-            args = [t.expand(shape)[slow].to(_WORK) for t in inputs]
-            exact, exact_grads = self._float64()(*args, power, dtype, with_grads=any(needs))
-            value[slow] = _saturate(exact, dtype).to(dtype)
-            for g, s in zip(grads, exact_grads or [None] * 4, strict=True):
-                if g is not None:
-                    g[slow] = _saturate(s, dtype).to(dtype)
-        return value, grads
+        return self._fast_path(inputs, power, dtype, tuple(needs))
+
+    def _fast_path(self, inputs, power, dtype, needs):
+        """The fast path's branches one after another, each on the elements the previous ones
+        left, then the float64 kernel on what is left: each element's formulas are evaluated
+        once, not every branch's on every element. The inputs are broadcast and flattened
+        first (one fused loop per branch, one compiled variant whatever the shape); on the CPU
+        there is no device to wait for between the steps."""
+        shape = torch.broadcast_shapes(*(t.shape for t in inputs))
+        args = [t.detach().expand(shape).reshape(-1) for t in inputs]
+        # The open-end handling only where an end is infinite (the bins' end bins).
+        open_ends = power > 0 and bool(inputs[0].isinf().any() or inputs[1].isinf().any())
+        value, grads, rows = None, None, None
+        for tier in range(len(BRANCHES[1 if power > 0 else -1])):
+            v, gs, ok = self._float32(tier)(*args, power, needs, open_ends)
+            if value is None:
+                value, grads = v, gs
+                outputs = [t for t in (value, *grads) if t is not None]
+            else:  # every element given: those this tier does not keep are overwritten below
+                _scatter(outputs, rows, [t for t in (v, *gs) if t is not None])
+            left = (~ok).nonzero().squeeze(1)
+            if len(left) == 0:
+                break
+            args = [t.index_select(0, left) for t in args]
+            rows = left if rows is None else rows.index_select(0, left)
+        else:
+            exact, exact_grads = self._float64()(*(t.to(_WORK) for t in args), power, dtype,
+                                                 with_grads=any(needs))
+            results = [exact] + [g for g, n in zip(exact_grads, needs, strict=True) if n
+                                 ] if exact_grads else [exact]
+            _scatter(outputs, rows, [_saturate(t, dtype).to(dtype) for t in results])
+        return value.view(shape), [g if g is None else g.view(shape) for g in grads]
+
+
+def _scatter(outputs, rows, results):
+    """outputs[i][rows] = results[i] for each flat output."""
+    for out, result in zip(outputs, results, strict=True):
+        out.index_copy_(0, rows, result)
 
 
 EAGER = Kernels()
