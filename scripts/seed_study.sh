@@ -6,6 +6,10 @@
 #
 #   bash scripts/seed_study.sh RUNS_DIR [JOBS]     # JOBS runs at once (default 2, one thread each)
 #
+# The environment can narrow or stretch it (scripts/long_study.sh does): SEEDS (default "0 1 2"),
+# NAMES (a subset of the configurations below, in that order), EPOCHS (default: the budget's 10)
+# and SUMMARIES (default docs/results/seeds).
+#
 # Each run goes to RUNS_DIR/<name>/seed<k>. Rerunning the script continues where it stopped:
 # a finished run is skipped by intvae-train itself (its results.json says completed), an
 # unfinished one resumes from its last checkpoint. After each run its summary (results.json,
@@ -14,7 +18,9 @@
 set -euo pipefail
 out=${1:?usage: bash scripts/seed_study.sh RUNS_DIR [JOBS]}
 jobs=${2:-2}
-summaries=docs/results/seeds
+summaries=${SUMMARIES:-docs/results/seeds}
+seeds=${SEEDS:-0 1 2}
+epochs=${EPOCHS:+trainer.max_epochs=$EPOCHS}
 declare -A runs=(
   [elbo]="experiment=paper_elbo_mnist"
   [ielbo_d0.01]="experiment=paper_ielbo_mnist delta=0.01"
@@ -34,13 +40,19 @@ declare -A runs=(
 order=(elbo ielbo_d0.01 ielbo_d0.1 irelbo_a0.5_mlp2elu irelbo_a2_mlp2elu iw_ielbo_k5
        fix_dequantization fix_gaussian_noise fix_std_floor logit_normal ielbo_authors
        irelbo_a0.5_mlp1relu irelbo_a2_mlp1relu ielbo_d0.01_mlp1relu)
+if [[ -n ${NAMES:-} ]]; then
+  read -ra order <<< "$NAMES"
+  for name in "${order[@]}"; do
+    [[ -n ${runs[$name]:-} ]] || { echo "unknown configuration '$name'; known: ${!runs[*]}" >&2; exit 2; }
+  done
+fi
 
 one_run() {  # NAME SEED
   local name=$1 seed=$2 dir="$out/$1/seed$2" keep="$summaries/$1/seed$2"
   if ! grep -qs '"status": "completed"' "$dir/results.json"; then
     # samples=1 unless the run names its own (the later override wins)
     # shellcheck disable=SC2086
-    intvae-train samples=1 ${runs[$name]} budget=short seed="$seed" threads=1 \
+    intvae-train samples=1 ${runs[$name]} budget=short $epochs seed="$seed" threads=1 \
       hydra.run.dir="$dir" > "$dir.log" 2>&1 || echo "== $name seed $seed: exit $?"
   fi
   if grep -qs '"status": "completed"' "$dir/results.json"; then
@@ -51,9 +63,9 @@ one_run() {  # NAME SEED
 }
 runs_serialized=$(declare -p runs)
 export -f one_run
-export out summaries runs_serialized
+export out summaries epochs runs_serialized
 mkdir -p "$out"
-for seed in 0 1 2; do
+for seed in $seeds; do
   for name in "${order[@]}"; do
     mkdir -p "$out/$name"
     echo "$name $seed"

@@ -2,6 +2,7 @@
 
     python -m intvae.report <run or sweep dir> ... --out DIR [--labels A B ...]
         [--data-root DIR] [--images N] [--wandb ENTITY/PROJECT [--wandb-filter JSON]]
+        [--reference NAME ...]
 
 A run directory is what ``python -m intvae.train`` writes (``results.json``, ``config.yaml``,
 ``metrics.csv``, ``checkpoints/last.ckpt``); a sweep directory (``multirun/<date>/``) is expanded
@@ -25,6 +26,11 @@ fetched into it, as for training):
 * ``table.md`` and ``table.csv``: one row per run (``COLUMNS``); a missing value is ``-`` in
   the markdown table and an empty cell in the CSV, which keeps full precision and raw strings
   (the markdown table shows a line break as a space and escapes ``|``, ``&``, ``<``, ``>``).
+* ``seeds.md``, where some configuration has several runs differing only in their seed
+  (``plots.seed_groups``; the curves then show each configuration's band over its seeds): per
+  configuration, mean +- standard deviation over the seeds and the paired comparison with a
+  reference configuration (``intvae.report.seed_table``), one table per ``--reference``
+  (default: the first configuration by name).
 
 A damaged file in a run directory costs only what it damages, with one warning naming it (and
 the line of ``metrics.csv``): a run whose ``results.json`` cannot be read is left out (it still
@@ -42,11 +48,13 @@ import sys
 from pathlib import Path
 
 from intvae.app.errors import describe
+from intvae.report import seed_table
 from intvae.report.plots import (
     decode_runs,
     plot_curves,
     plot_decoder_std,
     plot_reconstructions,
+    seed_groups,
 )
 from intvae.report.results_table import table, write_table
 from intvae.report.runs import (
@@ -59,8 +67,23 @@ from intvae.report.runs import (
 )
 
 
+def write_seed_tables(runs: list[Run], out: Path, references: list[str] | None) -> list[Path]:
+    """``seeds.md`` (one table per reference) if a configuration has several seeds."""
+    groups = seed_groups(runs)
+    if all(len(g.runs) == 1 for g in groups):
+        return []
+    names = sorted(seed_table.stem(g) for g in groups)
+    for name in references or []:
+        if name not in names:
+            raise ReportError(f"--reference {name}: no such configuration; "
+                              f"the configurations are {', '.join(names)}")
+    tables = [seed_table.table(groups, name) for name in references or names[:1]]
+    (out / "seeds.md").write_text("\n".join(tables), encoding="utf-8")
+    return [out / "seeds.md"]
+
+
 def write_report(runs: list[Run], out: str | Path, data_root: str | None = None,
-                 num_images: int = 10) -> list[Path]:
+                 num_images: int = 10, references: list[str] | None = None) -> list[Path]:
     """All figures and tables of ``runs`` in ``out``; returns the files written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +93,7 @@ def write_report(runs: list[Run], out: str | Path, data_root: str | None = None,
                       ("reconstructions", plot_reconstructions(decoded))):
         fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
         written.append(out / f"{name}.png")
-    return written + write_table(table(runs), out)
+    return written + write_table(table(runs), out) + write_seed_tables(runs, out, references)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -83,6 +106,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=10, help="images per reconstruction row")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from W&B")
     parser.add_argument("--wandb-filter", metavar="JSON", help="MongoDB-style run filter")
+    parser.add_argument("--reference", nargs="+", metavar="NAME",
+                        help="configurations to compare the others with in seeds.md")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         parser.error("give run or sweep directories, or --wandb ENTITY/PROJECT")
@@ -115,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for path in write_report(runs, args.out, args.data_root, args.images):
+    try:
+        written = write_report(runs, args.out, args.data_root, args.images, args.reference)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
     return 0
 

@@ -1,9 +1,11 @@
 """The report's figures of several runs: the bounds per epoch (the paper's figures 1, 2 and
 10), the decoder standard deviations (figure 3) and the reconstructions (figures 4-9)."""
 
+import json
 import logging
 import math
 import pickle
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +22,7 @@ from intvae.app.runs import (
     load_checkpoint,
     load_vae,
 )
+from intvae.app.wandb_names import NOT_CONFIGURATION
 from intvae.report import figures
 from intvae.report.results_table import COLUMNS
 from intvae.report.runs import Run, series
@@ -53,22 +56,82 @@ def bulk_limits(runs: list[Run], keys: tuple[str, ...]) -> tuple[float, float] |
     return values.min() - pad, values.max() + pad
 
 
+def configuration(run: Run) -> str | None:
+    """The run's resolved config without its seed and without what only says where and how the
+    run is kept (``NOT_CONFIGURATION``, the data's seed, the trainer's root directory), as a
+    canonical string; None when the config is unknown (such a run is a group of its own)."""
+    if not run.config:
+        return None
+    config = {k: v for k, v in run.config.items() if k not in NOT_CONFIGURATION}
+    for node, key in (("data", "seed"), ("trainer", "default_root_dir")):
+        if isinstance(config.get(node), dict):
+            config[node] = {k: v for k, v in config[node].items() if k != key}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+@dataclass
+class Group:
+    """Runs of one configuration that differ only in their seed (or a single run)."""
+
+    label: str
+    runs: list[Run]
+
+
+def seed_groups(runs: list[Run]) -> list[Group]:
+    """``runs`` grouped by ``configuration`` in order of first appearance; a group of several
+    runs is labelled by its first run's label less its seed ("seed1", "seed=1") and the count."""
+    groups: dict[object, list[Run]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(configuration(run) or i, []).append(run)
+    result = []
+    for members in groups.values():
+        label, first = members[0].label, members[0]
+        if len(members) > 1:
+            # "elbo/seed0" -> "elbo"; a label that is only the seed ("seed0"): its folder's name
+            stem = re.sub(r"[/_,-]?seed[=_]?\d+", "", label).strip("/_,-")
+            if not stem and first.path is not None:
+                stem = first.path.parent.name
+            label = f"{stem or label} ({len(members)} seeds)"
+        result.append(Group(label, members))
+    return result
+
+
+def band(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, lowest, highest) of metric ``key`` over ``runs``, at the epochs every run
+    logged."""
+    columns = [dict(zip(*series(run, key), strict=True)) for run in runs]
+    epochs = sorted(set.intersection(*(set(c) for c in columns)))
+    values = np.array([[c[e] for e in epochs] for c in columns]).reshape(len(runs), -1)
+    return np.array(epochs, dtype=float), values.mean(0), values.min(0), values.max(0)
+
+
 def plot_curves(runs: list[Run]) -> Figure:
     """Train (solid) and validation (dashed) bound per epoch and the final test bound (a point),
-    one colour per run: the paper's figures 1, 2 and 10. Upper panel: symlog axis, every value
-    up to a diverged -1e29; lower panel: linear axis fitted to the validation and test bounds
-    that have not diverged (``bulk_limits``; the train bound if there are none)."""
+    one colour per configuration: the paper's figures 1, 2 and 10. Runs that differ only in
+    their seed (``seed_groups``) are drawn as their mean with the band from the lowest to the
+    highest seed (the test bound as a bar). Upper panel: symlog axis, every value up to a
+    diverged -1e29; lower panel: linear axis fitted to the validation and test bounds that
+    have not diverged (``bulk_limits``; the train bound if there are none)."""
     fig = Figure(figsize=(9, 7.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     keys = ("train/bound", "val/bound", "test/bound")
-    for run, colour in zip(runs, colours(len(runs)), strict=True):
+    groups = seed_groups(runs)
+    for group, colour in zip(groups, colours(len(groups)), strict=True):
         for ax in (top, bottom):
             for key, style in zip(keys, ("-", "--", "none"), strict=True):
-                epochs, values = series(run, key)
-                ax.plot(epochs, values, linestyle=style, marker="o" if style == "none" else ".",
-                        markersize=7 if style == "none" else 4, color=colour)
+                epochs, mean, low, high = band(group.runs, key)
+                if style == "none":
+                    ax.errorbar(epochs, mean, yerr=[mean - low, high - mean], fmt="o",
+                                markersize=7, color=colour, capsize=3)
+                    continue
+                ax.plot(epochs, mean, linestyle=style, marker=".", markersize=4, color=colour)
+                if len(group.runs) > 1:
+                    ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
     top.set_yscale("symlog", linthresh=10)
-    top.set_title("bound per epoch (symlog axis: all values)", fontsize=10)
+    title = "bound per epoch (symlog axis: all values)"
+    if any(len(g.runs) > 1 for g in groups):
+        title += "; bands: lowest to highest seed, lines: their mean"
+    top.set_title(title, fontsize=10)
     limits = bulk_limits(runs, keys[1:]) or bulk_limits(runs, keys[:1])
     if limits:
         bottom.set_ylim(*limits)
@@ -79,8 +142,8 @@ def plot_curves(runs: list[Run]) -> Figure:
     for ax in (top, bottom):
         ax.set_ylabel("bound (nats per image)")
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=c, lw=2, label=r.label)
-               for r, c in zip(runs, colours(len(runs)), strict=True)]
+    handles = [Line2D([], [], color=c, lw=2, label=g.label)
+               for g, c in zip(groups, colours(len(groups)), strict=True)]
     handles += [Line2D([], [], color="k", linestyle="-", label="train"),
                 Line2D([], [], color="k", linestyle="--", label="validation"),
                 Line2D([], [], color="k", linestyle="none", marker="o", label="test (final)")]

@@ -1,34 +1,28 @@
-"""The multi-seed table of docs/results.md from the run summaries of ``scripts/seed_study.sh``.
+"""The multi-seed table of ``docs/results.md``: runs that differ only in their seed, compared.
 
-    python scripts/seed_table.py docs/results/seeds [--reference elbo]
-
-For every configuration (a folder of seed runs): the number of completed seeds, mean +- sample
-standard deviation over the seeds of the test log P(I) (nats, K = 100, the run's own intervals)
-and of bits per dimension (under the 8-bit bins), and the smallest decoder standard deviation;
-then, for each configuration against the reference, the paired difference in bits per dimension
-over the seeds both have (same seed: same data order and initial weights), its mean +- standard
-error, and a verdict: a ranking is stated only where a two-sided paired t-test over the seeds
-rejects equal means at the 5% level (|mean| > t(0.975, n - 1) x standard error: 12.7 standard
-errors for 2 seeds, 4.3 for 3), else "not distinguishable at this budget".
+For every configuration (``plots.seed_groups``: a group of runs whose configs differ only in the
+seed): the number of completed seeds, mean +- sample standard deviation over the seeds of the
+test log P(I) (nats, the run's own intervals) and of bits per dimension (under the 8-bit bins),
+and the smallest decoder standard deviation; then, against a reference configuration, the paired
+difference in bits per dimension over the seeds both have (same seed: same data order and
+initial weights), its mean +- standard error, and a verdict: a ranking is stated only where a
+two-sided paired t-test over the seeds rejects equal means at the 5% level (|mean| > t(0.975,
+n - 1) x standard error: 12.7 standard errors for 2 seeds, 4.3 for 3), else "not
+distinguishable at this budget". ``intvae-report --reference NAME`` writes it as ``seeds.md``.
 """
 
-import argparse
-import json
 import math
 import statistics
-from pathlib import Path
 
 import scipy.stats
 
+from intvae.report.plots import Group
 
-def load(root: Path) -> dict[str, dict[str, dict]]:
-    """configuration -> seed -> results.json, completed runs only."""
-    found = {}
-    for results in sorted(root.glob("*/seed*/results.json")):
-        record = json.loads(results.read_text())
-        if record.get("status") == "completed":
-            found.setdefault(results.parent.parent.name, {})[results.parent.name] = record
-    return found
+
+def _completed(group: Group) -> dict[int, dict]:
+    """seed -> results.json fields, completed runs only."""
+    return {run.results.get("seed"): run.results for run in group.runs
+            if run.results.get("status") == "completed"}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -39,11 +33,11 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} +- {statistics.stdev(values):.2g}"
 
 
-def column(runs: dict[str, dict], key: str) -> list[float]:
+def column(runs: dict[int, dict], key: str) -> list[float]:
     return [r[key] for r in runs.values() if isinstance(r.get(key), (int, float))]
 
 
-def paired(runs: dict[str, dict], reference: dict[str, dict]) -> str:
+def paired(runs: dict[int, dict], reference: dict[int, dict]) -> str:
     """Mean +- standard error of the per-seed difference in bits/dim, and the verdict."""
     seeds = sorted(set(runs) & set(reference))
     diffs = [runs[s]["bits_per_dim"] - reference[s]["bits_per_dim"] for s in seeds
@@ -59,7 +53,14 @@ def paired(runs: dict[str, dict], reference: dict[str, dict]) -> str:
     return f"{mean:+.3g} +- {error:.2g} over {len(diffs)} seeds: {verdict}"
 
 
-def table(found: dict[str, dict[str, dict]], reference: str) -> str:
+def stem(group: Group) -> str:
+    """The configuration's name: the group's label without its seed count."""
+    return group.label.rsplit(" (", 1)[0] if len(group.runs) > 1 else group.label
+
+
+def table(groups: list[Group], reference: str) -> str:
+    """The markdown table, rows in the groups' order, sorted by name."""
+    found = {stem(g): _completed(g) for g in sorted(groups, key=stem)}
     lines = ["| configuration | seeds | test log P(I) (nats) | bits/dim | min decoder std | "
              f"bits/dim minus {reference}, paired |", "|---|---|---|---|---|---|"]
     for name, runs in found.items():
@@ -71,15 +72,3 @@ def table(found: dict[str, dict[str, dict]], reference: str) -> str:
             f"{'-' if name == reference else paired(runs, found.get(reference, {}))} |"
             if stds else f"| {name} | {len(runs)} | - | - | - | - |")
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--reference", default="elbo")
-    args = parser.parse_args()
-    print(table(load(args.root), args.reference), end="")
-
-
-if __name__ == "__main__":
-    main()
