@@ -129,3 +129,9 @@ def test_the_committed_summaries_rebuild_the_pages_tables(tmp_path):
         want = json.loads(path.read_text())["bits_per_dim"]
         assert float(table[label]["bits/dim"]) == want, label
     assert all(re.fullmatch(r".+ \(3 seeds\)", g.label) for g in groups_of(seeds))
+
+
+def test_copies_with_the_same_seed_are_not_seeds(tmp_path):
+    write(tmp_path, "elbo", 0, 3.0)
+    write(tmp_path / "rerun", "elbo", 0, 3.1)  # the same configuration and seed again
+    assert [len(g.runs) for g in groups_of(tmp_path)] == [1, 1]

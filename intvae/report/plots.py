@@ -78,13 +78,21 @@ class Group:
 
 
 def seed_groups(runs: list[Run]) -> list[Group]:
-    """``runs`` grouped by ``configuration`` in order of first appearance; a group of several
-    runs is labelled by its first run's label less its seed ("seed1", "seed=1") and the count."""
+    """``runs`` grouped by ``configuration`` in order of first appearance (runs of one
+    configuration with a seed in common stay apart: they are copies or reruns, not seeds); a
+    group of several runs is labelled by its first run's label less its seed ("seed1",
+    "seed=1") and the count."""
     groups: dict[object, list[Run]] = {}
     for i, run in enumerate(runs):
         groups.setdefault(configuration(run) or i, []).append(run)
-    result = []
+    split = []
     for members in groups.values():
+        if len({run.config.get("seed") for run in members}) < len(members):
+            split += [[run] for run in members]  # a seed twice: copies or reruns, not seeds
+        else:
+            split.append(members)
+    result = []
+    for members in split:
         label, first = members[0].label, members[0]
         if len(members) > 1:
             # "elbo/seed0" -> "elbo"; a label that is only the seed ("seed0"): its folder's name
