@@ -6,11 +6,13 @@
 #             tests/test_kernel_shapes.py, tests/test_precision.py
 #   bounds    benchmarks/bounds.py --device cuda (each bound's cost relative to the ELBO)
 #   training  benchmarks/training.py --device cuda (VAEModule in Lightning against a bare loop)
+#   step      benchmarks/step.py --device cuda (the whole training step of the IELBO and the
+#             IRELBO against the ELBO's, fresh and trained network)
 #   eval      the K = 5000 evaluation of the 10,000 MNIST test images (benchmarks/evaluation.py,
 #             chunks sized from the free GPU memory; synthetic images without the MNIST cache)
 #   collapse  benchmarks/evaluation.py --collapse (a healthy and a collapsed decoder)
-#   sweep     four short runs in parallel on the one GPU (intvae-train -m seed=0,1,2,3 with the
-#             joblib launcher, 4 jobs, generated data)
+#   sweep     four short runs in parallel on the one GPU (intvae-train -m seed=0,1,2,3 with
+#             hydra/launcher=joblib_gpus and INTVAE_RUNS_PER_GPU=4, generated data)
 # and print one summary table (step, status, seconds, key number), also written to
 # OUT/summary.txt beside each step's log OUT/<step>.log. Each step runs under its own timeout;
 # a failed step is marked FAIL in the table, and the script then exits with status 1.
@@ -131,6 +133,8 @@ ratios='awk '"'"'{name = substr($0, 1, 22); sub(/ +$/, "", name); split(substr($
   name == "ielbo" || name == "irelbo (alpha=2)" {key = key sep name " x" f[2] " ELBO"; sep = "; "}
   END {print key}'"'"
 training='awk '"'"'$1 == "ielbo" {print "ielbo: bare " $2 ", package " $3 " steps/s"}'"'"
+step='awk '"'"'($1 == "fresh" || $1 == "trained") && $2 != "elbo" {key = key sep $1 " " $2 " x" $4; sep = "; "}
+  END {print key " ELBO step"}'"'"
 evaluation() {  # K: the key command of the eval step
   echo "awk -v K=$1 '\$1 == \"chunked:auto\" {printf \"%.1f s per 10,000 images at K = %s\\n\", 10 * \$3, K}'"
 }
@@ -153,6 +157,8 @@ if [[ $dry == 1 ]]; then
     --samples 2 --train-steps 2
   run training 240 "$training" -- "$py" benchmarks/training.py --device $device --rounds 1 \
     --steps 3 --warmup 1 --batch 10 --samples 2 --bounds ielbo --no-compile
+  run step 240 "$step" -- "$py" benchmarks/step.py --device $device --rounds 1 --steps 2 \
+    --warmup 1 --epoch-steps 2 --no-compile
   run eval 240 "$(evaluation 50)" -- "$py" benchmarks/evaluation.py --device $device \
     --images 20 --samples 50 --variants chunked:auto --rounds 1 --no-compile
   run collapse 240 "$collapse" -- "$py" benchmarks/evaluation.py --collapse --device $device \
@@ -168,6 +174,8 @@ else
     --train-steps 300 --rounds 10
   run training 60 "$training" -- "$py" benchmarks/training.py --device $device --rounds 3 \
     --steps 30 --bounds elbo ielbo
+  run step 60 "$step" -- "$py" benchmarks/step.py --device $device --rounds 3 --steps 20 \
+    --epoch-steps 200
   run eval 90 "$(evaluation 5000)" -- "$py" benchmarks/evaluation.py --device $device \
     --images 10000 --samples 5000 --variants chunked:auto --rounds 1
   run collapse 40 "$collapse" -- "$py" benchmarks/evaluation.py --collapse --device $device \
@@ -175,9 +183,9 @@ else
   trainer=gpu
   sweep_size=(evaluate.samples=100)
 fi
-run sweep 120 "$sweep" -- "$work/venv/bin/intvae-train" -m seed=0,1,2,3 experiment=smoke \
-  budget=short trainer=$trainer trainer.max_epochs=1 hydra/launcher=joblib \
-  hydra.launcher.n_jobs=4 "hydra.sweep.dir=$out/sweep" "${sweep_size[@]}"
+INTVAE_RUNS_PER_GPU=4 run sweep 120 "$sweep" -- "$work/venv/bin/intvae-train" -m seed=0,1,2,3 \
+  experiment=smoke budget=short trainer=$trainer trainer.max_epochs=1 \
+  hydra/launcher=joblib_gpus "hydra.sweep.dir=$out/sweep" "${sweep_size[@]}"
 
 print_summary
 if [[ $failed == 1 ]]; then

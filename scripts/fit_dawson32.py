@@ -10,7 +10,8 @@ lookup (gathers do not vectorize):
 
 Chebyshev least-squares fits at 4000 Chebyshev nodes (reference: ``scipy.special.dawsn``),
 converted to monomials in the mapped variable y, lowest power first; evaluated in float32 by
-Horner's rule they are within 2.3e-7 (P) and 1.1e-7 (Q) relative. Prints ``_DAWSON32_NEAR`` and ``_DAWSON32_FAR``.
+Horner's rule they are within 2.3e-7 (P) and 1.1e-7 (Q) relative. Prints ``_DAWSON32_NEAR``
+and ``_DAWSON32_FAR``.
 """
 
 import numpy as np

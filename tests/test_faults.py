@@ -300,8 +300,8 @@ def test_an_interval_as_wide_as_the_data_is_refused(compose_train, tmp_path, del
 
 
 def test_the_record_names_only_the_parameters_that_ran(compose_train, tmp_path):
-    results = train(compose_train(*TINY, "interval=bins", "evaluate.enabled=false",
-                                  output_dir=tmp_path / "run"))
+    results = train(compose_train(*TINY, "bound=ielbo", "interval=bins",
+                                  "evaluate.enabled=false", output_dir=tmp_path / "run"))
     assert (results["interval"], results["delta"], results["alpha"]) == ("bins", None, None)
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["delta"] is None

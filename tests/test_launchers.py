@@ -1,8 +1,9 @@
-"""Launchers (``intvae.app.launch``, ``conf/hydra/launcher/``): parallel sweeps with one GPU per
-worker process (fake GPU ids on the CPU), and Slurm through the real Hydra submitit launcher and
-submitit on a one-node Slurm made of four shell scripts (sbatch, srun, scontrol, sacct): the
-sbatch script the launcher writes, run as a node would, and a job preempted by submitit's own
-signal handler, requeued, resumed from its ``last.ckpt`` into the same W&B run."""
+"""Launchers (``intvae.app.launch``, ``conf/hydra/launcher/``): parallel sweeps with one GPU slot
+per worker process, one or several slots per GPU (fake GPU ids on the CPU), and Slurm through
+the real Hydra submitit launcher and submitit on a one-node Slurm made of four shell scripts
+(sbatch, srun, scontrol, sacct): the sbatch script the launcher writes, run as a node would, and
+a job preempted by submitit's own signal handler, requeued, resumed from its ``last.ckpt`` into
+the same W&B run."""
 
 import json
 import os
@@ -22,30 +23,71 @@ from omegaconf import OmegaConf
 
 from intvae.app import launch
 from intvae.app.config import CONF_DIR, run_id
-from intvae.app.launch import PinGPUs, ProcessGPU, parse_gpus, visible_gpus
+from intvae.app.launch import PinGPUs, ProcessGPU, parse_gpus, parse_runs_per_gpu, visible_gpus
 from intvae.app.train import main
+from intvae.checks import ParameterError
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
-def launcher_config(launcher: str, *overrides: str):
+def launcher_config(launcher: str, *overrides: str, node: str = "launcher"):
+    """The resolved ``hydra.<node>`` of the composed training config."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=[f"hydra/launcher={launcher}", *overrides],
                           return_hydra_config=True)
-        return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+        return OmegaConf.to_container(cfg.hydra[node], resolve=True)
     finally:
         GlobalHydra.instance().clear()
 
 
-# ------------------------------------------------------------------ one GPU per job
+# ------------------------------------------------------------------ GPU slots
 
 
 def test_joblib_gpus_runs_one_worker_per_gpu(monkeypatch):
     monkeypatch.setenv("INTVAE_GPUS", "0,1,3")
+    monkeypatch.delenv("INTVAE_RUNS_PER_GPU", raising=False)
     launcher = launcher_config("joblib_gpus")
     assert launcher["_target_"] == JOBLIB and launcher["n_jobs"] == 3
+
+
+def test_joblib_gpus_runs_gpus_times_runs_per_gpu_workers(monkeypatch):
+    """``n_jobs`` = GPUs x runs per GPU, from the environment (``INTVAE_GPUS``,
+    ``INTVAE_RUNS_PER_GPU``) or from the ``pin_gpus`` keys; the callback gets the same."""
+    monkeypatch.setenv("INTVAE_GPUS", "0,1,3")
+    monkeypatch.setenv("INTVAE_RUNS_PER_GPU", "4")
+    assert launcher_config("joblib_gpus")["n_jobs"] == 12
+    pin = launcher_config("joblib_gpus", node="callbacks")["pin_gpus"]
+    assert PinGPUs(**{k: v for k, v in pin.items() if k != "_target_"}).runs_per_gpu == 4
+    assert launcher_config("joblib_gpus", "hydra.callbacks.pin_gpus.gpus=[5,6]",
+                           "hydra.callbacks.pin_gpus.runs_per_gpu=3")["n_jobs"] == 6
+    monkeypatch.setenv("INTVAE_GPUS", "0")  # all the jobs of a command on one GPU
+    monkeypatch.setenv("INTVAE_RUNS_PER_GPU", "6")
+    assert launcher_config("joblib_gpus")["n_jobs"] == 6
+    assert launch.gpu_count() == 1  # ${intvae.gpu_count:} still counts GPUs only
+
+
+@pytest.mark.parametrize("bad", [0, -1, "0", "-2", "two", "2.5", 2.5, True, "4,5"])
+def test_a_bad_runs_per_gpu_is_refused(bad, monkeypatch):
+    message = (rf"^hydra.callbacks.pin_gpus.runs_per_gpu={re.escape(repr(bad))} is invalid: "
+               r"hydra.callbacks.pin_gpus.runs_per_gpu must be an integer >= 1")
+    if isinstance(bad, str) and bad.lstrip("-").isdigit():
+        message = message.replace(re.escape(repr(bad)), re.escape(repr(int(bad))))
+    with pytest.raises(ParameterError, match=message):
+        parse_runs_per_gpu(bad)
+    with pytest.raises(ParameterError, match=message):
+        PinGPUs(runs_per_gpu=bad)
+    if isinstance(bad, str):  # from the environment: refused when n_jobs is composed too
+        monkeypatch.setenv("INTVAE_GPUS", "0,1")
+        monkeypatch.setenv("INTVAE_RUNS_PER_GPU", bad)
+        with pytest.raises(Exception, match=message[1:]):
+            launcher_config("joblib_gpus")
+
+
+def test_runs_per_gpu_values():
+    assert parse_runs_per_gpu("4") == 4 and parse_runs_per_gpu(" 2 ") == 2
+    assert parse_runs_per_gpu(3) == 3 and parse_runs_per_gpu(None) == parse_runs_per_gpu("") == 1
 
 
 def test_gpu_ids(monkeypatch):
@@ -77,12 +119,59 @@ def test_one_gpu_per_worker_process(monkeypatch, tmp_path):
     assert c.pin(gpus, 3, tmp_path) == "1"  # more workers than GPUs: shares, with a warning
     a.release()
     assert ProcessGPU().pin(gpus, 1, tmp_path) == "0"  # a's GPU is free once it exits
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-0.lock", "gpu-1.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-0.1.lock", "gpu-1.1.lock"]
+
+
+def test_two_gpus_with_two_slots_each(monkeypatch, tmp_path, caplog):
+    """2 GPUs x 2 runs per GPU, four worker processes taking jobs 0..3: the workers spread over
+    the GPUs before they stack (GPUs 0, 1, 0, 1; slot 1 of each, then slot 2), a fifth one
+    shares with a warning, and a slot is free again once its worker exits."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "restored after the test")
+    gpus = ["0", "1"]
+    workers = [ProcessGPU() for _ in range(4)]
+    assert [w.pin(gpus, job, tmp_path, 2) for job, w in enumerate(workers)] == ["0", "1", "0", "1"]
+    assert [w.slot for w in workers] == [1, 1, 2, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gpu-0.1.lock", "gpu-0.2.lock", "gpu-1.1.lock", "gpu-1.2.lock"]
+    assert workers[0].pin(gpus, 5, tmp_path, 2) == "0"  # a worker keeps its slot
+    with caplog.at_level("WARNING", logger="intvae.app.launch"):
+        fifth = ProcessGPU()
+        assert fifth.pin(gpus, 4, tmp_path, 2) == "0" and fifth.slot is None
+    assert "more worker processes than GPU slots" in caplog.text
+    caplog.clear()
+    workers[3].release()  # GPU 1, slot 2
+    with caplog.at_level("WARNING", logger="intvae.app.launch"):
+        again = ProcessGPU()  # job 6 prefers GPU 0, whose slots are taken
+        assert again.pin(gpus, 6, tmp_path, 2) == "1" and again.slot == 2
+    assert caplog.text == "" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_a_gpu_left_with_a_free_slot_is_taken_first(monkeypatch, tmp_path):
+    """Slot 1 of every GPU before slot 2 of any: a worker whose preferred GPU already holds a
+    run goes to an idle GPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "restored after the test")
+    gpus = ["0", "1", "2"]
+    a, b = ProcessGPU(), ProcessGPU()
+    assert a.pin(gpus, 0, tmp_path, 3) == "0" and b.pin(gpus, 3, tmp_path, 3) == "1"
+    assert ProcessGPU().pin(gpus, 0, tmp_path, 3) == "2"
 
 
 def job_config(tmp_path, mode=RunMode.MULTIRUN, target=JOBLIB, num=3):
     return OmegaConf.create({"hydra": {"mode": mode, "launcher": {"_target_": target},
                                        "job": {"num": num}, "sweep": {"dir": str(tmp_path)}}})
+
+
+def test_the_pin_callback_hands_out_slots(monkeypatch, tmp_path, caplog):
+    """``PinGPUs(runs_per_gpu=2)`` in a joblib job: the slot is logged, and ``gpu_share`` tells
+    the run that its GPU holds two runs (1 where nothing pinned the process)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "restored after the test")
+    monkeypatch.setattr(launch, "PROCESS_GPU", ProcessGPU())
+    assert launch.gpu_share() == 1
+    with caplog.at_level("INFO", logger="intvae.app.launch"):
+        PinGPUs(gpus="0", runs_per_gpu="2").on_job_start(job_config(tmp_path, num=1))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and launch.gpu_share() == 2
+    assert re.search(r"job 1: CUDA_VISIBLE_DEVICES=0 \(worker process \d+, slot 1 of 2\)",
+                     caplog.text), caplog.text
 
 
 def test_the_pin_callback_acts_in_sweeps_only(monkeypatch, tmp_path):
@@ -99,14 +188,28 @@ def test_the_pin_callback_acts_in_sweeps_only(monkeypatch, tmp_path):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
 
 
-def test_a_joblib_sweep_pins_each_worker_to_its_own_gpu(monkeypatch, app_env, tmp_path):
+def fresh_loky_workers() -> None:
+    """Stop the worker processes loky keeps for reuse (pinned by an earlier sweep here)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
+@pytest.mark.parametrize("gpu_ids, runs_per_gpu", [("0,1", "1"), ("0", "2")],
+                         ids=["two GPUs, one run each", "one GPU, two runs at once"])
+def test_a_joblib_sweep_pins_each_worker_to_its_own_gpu(gpu_ids, runs_per_gpu, monkeypatch,
+                                                         app_env, tmp_path):
     """``python -m intvae.train -m hydra/launcher=joblib_gpus seed=0,1,2,3`` (here in this
-    process; the jobs run in two loky worker processes), fake GPU ids 0 and 1: every job
-    records the GPU it saw (``results.json`` and its log); a worker keeps one GPU for all its
-    jobs (CUDA could not switch), the two workers never share one, and with the jobs
-    alternating between the workers (their usual order) jobs 0..3 get 0, 1, 0, 1. The sweep's
-    own process is not pinned."""
-    monkeypatch.setenv("INTVAE_GPUS", "0,1")
+    process; the jobs run in two loky worker processes), fake GPU ids 0 and 1, or GPU 0 with
+    ``INTVAE_RUNS_PER_GPU=2``: every job records the GPU it saw (``results.json`` and its log);
+    a worker keeps one GPU slot for all its jobs (CUDA could not switch), the two workers never
+    share a slot, and on two GPUs, with the jobs alternating between the workers (their usual
+    order), jobs 0..3 get 0, 1, 0, 1. The sweep's own process is not pinned. Loky keeps its
+    workers for the next sweep of this process (a real sweep has a process of its own), so
+    fresh ones are started."""
+    fresh_loky_workers()
+    monkeypatch.setenv("INTVAE_GPUS", gpu_ids)
+    monkeypatch.setenv("INTVAE_RUNS_PER_GPU", runs_per_gpu)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "the sweep's own")
     monkeypatch.setattr(launch, "_INHERITED_VISIBLE", None)
     sweep = tmp_path / "sweep"
@@ -115,21 +218,25 @@ def test_a_joblib_sweep_pins_each_worker_to_its_own_gpu(monkeypatch, app_env, tm
                                       f"hydra.sweep.dir={sweep}"])
     main()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "the sweep's own"
-    line = re.compile(r"job (\d+): CUDA_VISIBLE_DEVICES=(\S+) \(worker process (\d+)\)")
+    line = re.compile(r"job (\d+): CUDA_VISIBLE_DEVICES=(\S+) \(worker process (\d+), "
+                      rf"slot (\d+) of {runs_per_gpu}\)")
     gpus, workers = [], {}
     for job in range(4):
         results = json.loads((sweep / str(job) / "results.json").read_text())
-        assert results["status"] == "completed" and results["cuda_visible_devices"] in ("0", "1")
+        assert results["status"] == "completed"
+        assert results["cuda_visible_devices"] in gpu_ids.split(",")
         found = line.findall((sweep / str(job) / "train.log").read_text())
         assert len(found) == 1 and found[0][:2] == (str(job), results["cuda_visible_devices"])
         gpus.append(results["cuda_visible_devices"])
-        workers.setdefault(found[0][2], []).append((job, found[0][1]))
+        workers.setdefault(found[0][2], []).append((job, (found[0][1], found[0][3])))
     for jobs in workers.values():
-        assert len({gpu for _, gpu in jobs}) == 1, workers  # no job changed a worker's GPU
+        assert len({slot for _, slot in jobs}) == 1, workers  # no job changed a worker's slot
     assert len({jobs[0][1] for jobs in workers.values()}) == len(workers), workers  # no sharing
-    if sorted(job for job, _ in next(iter(workers.values()))) in ([0, 2], [1, 3]):
+    if gpu_ids == "0,1" and sorted(job for job, _ in next(iter(workers.values()))) in (
+            [0, 2], [1, 3]):
         assert gpus == ["0", "1", "0", "1"]
-    assert {p.name for p in (sweep / ".gpu_locks").iterdir()} <= {"gpu-0.lock", "gpu-1.lock"}
+    assert {p.name for p in (sweep / ".gpu_locks").iterdir()} <= {"gpu-0.1.lock", "gpu-1.1.lock",
+                                                                  "gpu-0.2.lock"}
 
 
 # ------------------------------------------------------------------ Slurm
@@ -255,3 +362,40 @@ def test_slurm_submission_preemption_and_requeue(monkeypatch, app_env, tmp_path)
     first = json.loads((sweep / "0" / "results.json").read_text())
     assert first["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt")
     assert json.loads((sweep / "1" / "results.json").read_text())["resumed_from"] is None
+
+
+def test_runs_sharing_a_gpu_divide_the_automatic_chunk(monkeypatch):
+    """Under ``runs_per_gpu`` = 4 a run's evaluation sizes its chunks from a quarter of what
+    ``evaluate.chunk_elements=auto`` gives one run alone (the call is recorded, not run)."""
+    import torch
+
+    from intvae.app import evaluate as app_evaluate
+
+    seen = {}
+
+    def record(vae, batches, k, estimates, chunk_elements, progress):
+        seen["chunk"] = chunk_elements
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(app_evaluate, "log_likelihoods", record)
+    monkeypatch.setattr(app_evaluate, "resolve_chunk_elements", lambda value, device: 1000)
+    monkeypatch.setattr(app_evaluate, "gpu_share", lambda: 4)
+    class Model:
+        def to(self, device):
+            return self
+
+    vae, interval = Model(), object()
+    monkeypatch.setattr(app_evaluate, "likelihood_kind", lambda vae: "density")
+    monkeypatch.setattr(app_evaluate, "resolve_samples", lambda samples, device: 10)
+
+    class Data:
+        def setup(self, stage):
+            pass
+
+        def whole_split(self, split):
+            return []
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        app_evaluate.evaluate(vae, interval, Data(), "auto", torch.device("cuda"),
+                              chunk_elements="auto")
+    assert seen["chunk"] == 250

@@ -240,7 +240,8 @@ def test_bf16_mixed_app_run_trains_with_clipping_and_the_guard(compose_train, mo
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record_clip)
     monkeypatch.setattr(interval.Kernels, "evaluate", record_kernels)
     monkeypatch.setattr(interval, "log_normal_power_integral", record_inputs)
-    cfg = compose_train(*TINY, "trainer.precision=bf16-mixed", "trainer.max_epochs=2")
+    cfg = compose_train(*TINY, "bound=ielbo", "trainer.precision=bf16-mixed",
+                        "trainer.max_epochs=2")
     assert cfg.trainer.gradient_clip_val == 3.0
     results = train(cfg)
     assert results["status"] == "completed" and results["steps"] == 4

@@ -76,10 +76,11 @@ def lookup(cfg: DictConfig, key: str):
 
 def restated(preset_name: str, compose_root) -> list[str]:
     """What the preset states that its base already gives: the base is its parent preset (or the
-    root config) with the preset's own group choices applied, i.e. its defaults list alone."""
+    root config without the default experiment, which any chosen preset replaces) with the
+    preset's own group choices applied, i.e. its defaults list alone."""
     preset = OmegaConf.load(CONF_DIR / "experiment" / f"{preset_name}.yaml")
     parent, overrides = split_defaults(preset)
-    parent_overrides = [f"experiment={parent}"] if parent else []
+    parent_overrides = [f"experiment={parent}"] if parent else ["~experiment"]
     parent_cfg = compose_root(*parent_overrides)
     problems = [f"override /{group}: {choice} is already the choice of "
                 f"{parent or 'the root config'}"

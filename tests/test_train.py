@@ -39,10 +39,11 @@ def test_fast_dev_run_of_every_bound(bound, compose_train, tmp_path):
 
 
 def test_a_run_writes_its_outputs(compose_train, tmp_path):
+    """The default configuration (the recommended IRELBO, alpha 0.5) on tiny data."""
     cfg = compose_train(*TINY, "trainer.max_epochs=2")
     results = train(cfg)
     run = tmp_path / "run"
-    expected = {"bound": "ielbo", "delta": 0.01, "alpha": None, "samples": 2, "epochs": 2,
+    expected = {"bound": "irelbo", "delta": 0.01, "alpha": 0.5, "samples": 2, "epochs": 2,
                 "steps": 4, "non_finite_steps": 0, "k": 4, "eval_images": 32,
                 "status": "completed"}
     assert {k: results[k] for k in expected} == expected
@@ -63,7 +64,7 @@ def test_a_run_writes_its_outputs(compose_train, tmp_path):
     assert figures == {f"{name}_epoch{e:03d}.png" for e in (1, 2)
                        for name in ("reconstructions", "prior_samples", "decoder_std")}
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert checkpoint["hyper_parameters"]["bound"] == "ielbo"
+    assert checkpoint["hyper_parameters"]["bound"] == "irelbo"
     assert checkpoint["hyper_parameters"]["config"]["model"]["hidden"] == [64]
 
 
@@ -81,7 +82,7 @@ def test_bits_per_dim_where_the_intervals_are_discrete(compose_train, tmp_path):
     assert results["bits_per_dim"] == pytest.approx(
         -results["test_log_likelihood"] / (784 * 0.6931471805599453))
     assert "test_log_likelihood_bins" not in results  # no second evaluation needed
-    results = train(compose_train(*TINY, "interval=bins", "debug=fdr",
+    results = train(compose_train(*TINY, "bound=ielbo", "interval=bins", "debug=fdr",
                                   output_dir=tmp_path / "bins"))
     assert results["bits_per_dim"] > 0
     results = train(compose_train(*TINY, "evaluate.bits_per_dim=false", "debug=fdr",

@@ -13,7 +13,10 @@ Resolvers registered here (importing ``intvae.config`` registers them):
   the job's W&B name (what varies in the sweep) and its W&B group (its configuration without
   the seed), from Hydra's record of the job (``intvae.app.wandb_names``).
 * ``${intvae.gpu_count:}``: the number of GPUs a parallel sweep may use
-  (``intvae.app.launch.gpu_count``), the ``n_jobs`` of ``hydra/launcher=joblib_gpus``.
+  (``intvae.app.launch.gpu_count``).
+* ``${intvae.gpu_workers:<gpus>,<runs_per_gpu>}``: that number (of ``<gpus>`` if given) times
+  the runs per GPU (``intvae.app.launch.gpu_workers``), the ``n_jobs`` of
+  ``hydra/launcher=joblib_gpus``.
 """
 
 import os
@@ -27,7 +30,7 @@ from omegaconf import OmegaConf
 
 from intvae.app.errors import ConfigError
 from intvae.app.files import write_text
-from intvae.app.launch import gpu_count
+from intvae.app.launch import gpu_count, gpu_workers
 from intvae.app.wandb_names import run_group, run_name, sweep_name
 from intvae.checks import boolean, finite_float, integer, is_int, one_of, require
 
@@ -86,6 +89,7 @@ OmegaConf.register_new_resolver("intvae.sweep", sweep_name, replace=True)
 OmegaConf.register_new_resolver("intvae.run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("intvae.run_group", run_group, replace=True)
 OmegaConf.register_new_resolver("intvae.gpu_count", gpu_count, replace=True)
+OmegaConf.register_new_resolver("intvae.gpu_workers", gpu_workers, replace=True)
 
 
 def requested_devices(devices) -> int:

@@ -36,6 +36,7 @@ from intvae.app import wandb_run
 from intvae.app.build import select_kernels
 from intvae.app.config import CONF_MODULE, check_evaluation
 from intvae.app.errors import one_line_errors
+from intvae.app.launch import gpu_share
 from intvae.app.runs import (
     RESULTS_FILE,
     find_checkpoint,
@@ -44,7 +45,7 @@ from intvae.app.runs import (
     read_results,
     update_results,
 )
-from intvae.estimate import DEFAULT_CHUNK_ELEMENTS, log_likelihoods
+from intvae.estimate import DEFAULT_CHUNK_ELEMENTS, log_likelihoods, resolve_chunk_elements
 from intvae.intervals import Bins
 from intvae.likelihoods import INTERVAL
 from intvae.networks import VAE
@@ -83,6 +84,10 @@ def evaluate(vae: VAE, interval, datamodule, samples, device: torch.device,
     discrete = kind == INTERVAL and interval.is_discrete(datamodule.levels, datamodule.eps)
     if kind == INTERVAL and not discrete and bits_per_dim:
         estimates["bins"] = Bins(datamodule.levels, datamodule.eps)
+    if chunk_elements == "auto" and device.type == "cuda" and gpu_share() > 1:
+        # several runs share this GPU (hydra.callbacks.pin_gpus.runs_per_gpu): each sizes its
+        # chunks from its share of the free memory
+        chunk_elements = max(1, resolve_chunk_elements("auto", device) // gpu_share())
     start = time.perf_counter()
     values = log_likelihoods(vae, batches, k, estimates, chunk_elements, progress)
     fields = {f"{split}_log_likelihood": values["own"].mean().item(),

@@ -54,10 +54,16 @@ def sweep_keys(sweep_dir: str | Path) -> set[str]:
             if o.is_sweep_override()}
 
 
+DEFAULT_EXPERIMENT = "recommended"
+"""The experiment of the root config's defaults list: not a name of its own."""
+
+
 def _default_name() -> str | None:
-    """The experiment's name, else the bound's (Hydra's runtime choices)."""
+    """The experiment's name (unless it is the default one), else the bound's (Hydra's runtime
+    choices)."""
     chosen = HydraConfig.get().runtime.choices
-    return chosen.get("experiment") or chosen.get("bound")
+    experiment = chosen.get("experiment")
+    return (experiment if experiment != DEFAULT_EXPERIMENT else None) or chosen.get("bound")
 
 
 def run_name() -> str | None:
