@@ -75,6 +75,10 @@ PRESETS = {
                              "model": "mlp_200x2_tanh_z50", "samples": 5, "optimizer.lr": 1e-3,
                              "bound._target_": ELBO,
                              "likelihood._target_": "intvae.likelihoods.BernoulliHead"},
+    # The default (the study's recommendation): the IRELBO, alpha 0.5, on the paper's network.
+    "recommended": {**PAPER_IELBO, "bound": "irelbo", "samples": 1,
+                    "bound._target_": "intvae.bounds.IRELBO", "bound.alpha": 0.5,
+                    "bound.normalized": None, "bound.tolerance": None},
     # A CPU smoke run on generated data with the small model.
     "smoke": {"bound": "ielbo", "likelihood": "gaussian", "interval": "fixed", "noise": "none",
               "model": "mlp_64x1_elu_z8", "samples": 2, "optimizer.lr": 3e-4,

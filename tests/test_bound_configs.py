@@ -45,7 +45,8 @@ def hydra_config(*overrides: str):
 
 
 def instantiate_bound(*overrides: str):
-    with hydra_config(*overrides) as cfg:
+    """A bound from the bare root config (without the default experiment's knobs)."""
+    with hydra_config("~experiment", *overrides) as cfg:
         return instantiate(cfg.bound), cfg
 
 

@@ -37,11 +37,11 @@ def test_every_group_is_composed_below():
 
 def test_the_default_config(compose_train):
     """The study's recommendation (conf/experiment/recommended.yaml): the IRELBO at alpha 0.5,
-    one sample, lr 1e-4, 10 epochs on the CPU."""
+    one sample, lr 1e-4, 40 epochs on the CPU."""
     cfg = compose_train()
     assert (cfg.delta, cfg.alpha, cfg.samples, cfg.eps, cfg.seed) == (0.01, 0.5, 1, 0.001, 0)
     assert cfg.bound._target_ == "intvae.bounds.IRELBO" and cfg.data.name == "mnist"
-    assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 10
+    assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 40
     assert cfg.model.hidden == [200, 200] and cfg.model.activation == "elu"
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.gradient_clip_val == 3.0
     assert cfg.evaluate.samples == "auto" and set(cfg.logger) == {"csv"}

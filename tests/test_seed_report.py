@@ -135,3 +135,26 @@ def test_copies_with_the_same_seed_are_not_seeds(tmp_path):
     write(tmp_path, "elbo", 0, 3.0)
     write(tmp_path / "rerun", "elbo", 0, 3.1)  # the same configuration and seed again
     assert [len(g.runs) for g in groups_of(tmp_path)] == [1, 1]
+
+
+def test_the_committed_long_runs_rebuild_the_pages_table(tmp_path):
+    """``intvae-report docs/results/long`` writes exactly the table of the page's section *A
+    hundred epochs*."""
+    out = tmp_path / "report"
+    assert cli.main([str(REPO / "docs" / "results" / "long"), "--out", str(out)]) == 0
+    text = (REPO / "docs" / "results.md").read_text()
+    section = text.split("## A hundred epochs")[1].split("\n## ")[0]
+    assert (out / "table.md").read_text().strip() in section
+
+
+def test_the_readme_states_the_default_runs_numbers(tmp_path):
+    """The README's numbers of the default configuration over three seeds are the row that
+    ``intvae-report docs/results/default`` writes into ``seeds.md``."""
+    out = tmp_path / "report"
+    assert cli.main([str(REPO / "docs" / "results" / "default"), "--out", str(out)]) == 0
+    row = (out / "seeds.md").read_text().splitlines()[2]
+    name, seeds, log_p, bits, std, _ = (cell.strip() for cell in row.strip("|").split("|"))
+    assert (name, seeds) == ("default", "3")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (f"gave {bits} bits per dimension and a test log P(I) of {log_p} nats, smallest "
+            f"decoder standard deviation {std}") in readme
