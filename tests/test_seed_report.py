@@ -139,12 +139,17 @@ def test_copies_with_the_same_seed_are_not_seeds(tmp_path):
 
 def test_the_committed_long_runs_rebuild_the_pages_table(tmp_path):
     """``intvae-report docs/results/long`` writes exactly the table of the page's section *A
-    hundred epochs*."""
+    hundred epochs*, and the IRELBO's mean +- sd over its three seeds that the section states."""
     out = tmp_path / "report"
-    assert cli.main([str(REPO / "docs" / "results" / "long"), "--out", str(out)]) == 0
+    assert cli.main([str(REPO / "docs" / "results" / "long"), "--out", str(out),
+                     "--reference", "irelbo_a0.5_mlp2elu"]) == 0
     text = (REPO / "docs" / "results.md").read_text()
     section = text.split("## A hundred epochs")[1].split("\n## ")[0]
     assert (out / "table.md").read_text().strip() in section
+    row = next(line for line in (out / "seeds.md").read_text().splitlines()
+               if line.startswith("| irelbo_a0.5_mlp2elu |"))
+    _, seeds, log_p, bits, _, _ = (cell.strip() for cell in row.strip("|").split("|"))
+    assert seeds == "3" and f"**{bits}** (3 seeds)" in section and f"**{log_p}**" in section
 
 
 def test_the_readme_states_the_default_runs_numbers(tmp_path):
