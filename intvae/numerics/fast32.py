@@ -103,18 +103,20 @@ def _moment(direct, a, b, m, d, ga, gb, g_sum):
 
 class _Ends:
     """The standardized interval of one branch: ends a < b (float32, and float64 ``a64``,
-    ``b64``), width d with its log, midpoint m, the scale, its inverse and -log(scale)."""
+    ``b64``), width d with its log, midpoint m, the scale, its inverse and -log(scale), and
+    whether the interval is narrow (d max(1, |m|) below ``_FAST_NARROW[sign]``: the midpoint
+    series; the other branches take the rest)."""
 
-    def __init__(self, a, b, m, a64, b64, d, logd, scale, inv_scale, log_inv_scale):
+    def __init__(self, a, b, m, a64, b64, d, logd, scale, inv_scale, log_inv_scale, sign):
         self.a, self.b, self.m, self.a64, self.b64 = a, b, m, a64, b64
         self.d, self.logd, self.d2 = d, logd, d * d
         self.scale, self.inv_scale, self.log_inv_scale = scale, inv_scale, log_inv_scale
+        self.narrow = d * torch.clamp(m.abs(), min=1.0) < _FAST_NARROW[sign]
 
 
 def _phi_narrow(e):
     """Narrow intervals (a + b <= 0): P = d phi(m) (1 + c), c the midpoint series to d^6."""
     d, m, d2 = e.d, e.m, e.d2
-    claimed = d * torch.clamp(-m, min=1.0) < _FAST_NARROW[1]
     q = d2 * m * m
     c = ((q - d2) / 24.0 + (q * q - 6.0 * q * d2 + 3.0 * d2 * d2) / 1920.0
          + (q * q * q - 15.0 * q * q * d2 + 45.0 * q * d2 * d2 - 15.0 * d2 * d2 * d2) / 322560.0)
@@ -122,13 +124,13 @@ def _phi_narrow(e):
     gb = torch.exp(-0.5 * d * m - 0.125 * d2) / (d * (1.0 + c)) * e.inv_scale
     # phi(a) / phi(b) = exp(d m): d/da = -exp(d m) d/db (0.6 < exp(d m) <= 1)
     ga = -gb * torch.exp(d * m)
-    return value, value.abs(), ga, gb, False, claimed
+    return value, value.abs(), ga, gb, False, e.narrow
 
 
 def _phi_one_tail(e):
     """Intervals in one tail (b <= 0): P = exp(-b^2/2) (E_b - E_a exp(d m)) / 2,
     E = erfcx(-t / sqrt 2); exp(d m) / scale computed with the 1/scale folded in."""
-    claimed = ~(e.d * torch.clamp(-e.m, min=1.0) < _FAST_NARROW[1]) & (e.b <= 0)
+    claimed = ~e.narrow & (e.b <= 0)
     big_a, big_b = _erfcx32(-e.a * _SQRT_HALF), _erfcx32(e.b.abs() * _SQRT_HALF)
     e1_s = torch.exp(e.d * e.m + e.log_inv_scale)
     diff = big_b - big_a * (e1_s * e.scale)
@@ -141,7 +143,7 @@ def _phi_one_tail(e):
 def _phi_straddle(e):
     """Intervals that straddle the mode (a < 0 < b): P = 1 - Phi(a) - Phi(-b), both tails from
     erfcx, their exp(-t^2/2) / scale from the float64 ends (no underflow before the scaling)."""
-    claimed = ~(e.d * torch.clamp(-e.m, min=1.0) < _FAST_NARROW[1]) & (e.b > 0)
+    claimed = ~e.narrow & (e.b > 0)
     big_a, big_b = _erfcx32(-e.a * _SQRT_HALF), _erfcx32(e.b.abs() * _SQRT_HALF)
     log_inv_scale = e.log_inv_scale.to(_WORK)
     ea_s = _exp_split(-0.5 * e.a64 * e.a64 + log_inv_scale)  # exp(-a^2/2) / scale
@@ -156,7 +158,6 @@ def _phi_straddle(e):
 def _erfi_narrow(e):
     """Narrow intervals (a + b >= 0): F(b) - F(a) = d exp(m^2) (1 + c), c the midpoint series."""
     d, m, d2 = e.d, e.m, e.d2
-    claimed = d * torch.clamp(m, min=1.0) < _FAST_NARROW[-1]
     q = d2 * m * m
     c = ((4.0 * q + 2.0 * d2) / 24.0 + (16.0 * q * q + 48.0 * q * d2 + 12.0 * d2 * d2) / 1920.0
          + (64.0 * q * q * q + 480.0 * q * q * d2 + 720.0 * q * d2 * d2
@@ -168,14 +169,13 @@ def _erfi_narrow(e):
     gb = torch.exp(d * m + 0.25 * d2) / (d * (1.0 + c)) * e.inv_scale
     # exp(a^2) / exp(b^2) = exp(-2 d m)
     ga = -torch.exp(-2.0 * d * m) * gb
-    return value, magnitude, ga, gb, False, claimed
+    return value, magnitude, ga, gb, False, e.narrow
 
 
 def _erfi_wide(e):
     """Wide intervals (a + b >= 0) by Dawson differences: with q = log F(|a|) - log F(b),
     log F(b) + log1mexp(q) in one tail, log F(b) + log1p(exp(q)) when straddling 0."""
     a, b, d, m = e.a, e.b, e.d, e.m
-    claimed = ~(d * torch.clamp(m, min=1.0) < _FAST_NARROW[-1])
     log_db = _log_dawson32(b)
     q = (-2.0 * d * m + _log_dawson32(a.abs()) - log_db).clamp(max=0.0)
     eq = torch.exp(q)
@@ -188,7 +188,7 @@ def _erfi_wide(e):
     g = torch.exp(-log_db) / denom
     # exp(a^2) / exp(b^2) = exp(-2 d m), folded with 1/scale (no underflow before the scaling)
     ga = -torch.exp(-2.0 * d * m + e.log_inv_scale) * g
-    ok = claimed & (straddle | (1.0 <= _FAST_VALUE_CANCEL * denom))
+    ok = ~e.narrow & (straddle | (1.0 <= _FAST_VALUE_CANCEL * denom))
     return value, magnitude, ga, g * e.inv_scale, straddle, ok
 
 
@@ -244,7 +244,7 @@ def fast_branch(lo, hi, loc, scale, power, needs, branch: int, open_ends: bool =
     a, b, m = a64.to(_F32), b64.to(_F32), torch.where(mirror, -mid, mid)
     log_scale = torch.log(scale)
     inv_scale = 1.0 / scale
-    ends = _Ends(a, b, m, a64, b64, d, torch.log(d), scale, inv_scale, -log_scale)
+    ends = _Ends(a, b, m, a64, b64, d, torch.log(d), scale, inv_scale, -log_scale, sign)
     value, magnitude, ga, gb, direct, ok = BRANCHES[sign][branch](ends)
     g_sum = -gb * torch.expm1(d * m if sign > 0 else -2.0 * d * m)  # ga + gb, no cancellation
     moment, terms = _moment(direct, a, b, m, d, ga, gb, g_sum)
