@@ -65,7 +65,7 @@ def test_joblib_gpus_runs_gpus_times_runs_per_gpu_workers(monkeypatch):
     monkeypatch.setenv("INTVAE_GPUS", "0")  # all the jobs of a command on one GPU
     monkeypatch.setenv("INTVAE_RUNS_PER_GPU", "6")
     assert launcher_config("joblib_gpus")["n_jobs"] == 6
-    assert launch.gpu_count() == 1  # ${intvae.gpu_count:} still counts GPUs only
+    assert launch.gpu_count() == 1  # GPUs only, whatever the runs per GPU
 
 
 @pytest.mark.parametrize("bad", [0, -1, "0", "-2", "two", "2.5", 2.5, True, "4,5"])

@@ -12,11 +12,9 @@ Resolvers registered here (importing ``intvae.config`` registers them):
 * ``${intvae.sweep:}``, ``${intvae.run_name:}``, ``${intvae.run_group:}``: the sweep's name,
   the job's W&B name (what varies in the sweep) and its W&B group (its configuration without
   the seed), from Hydra's record of the job (``intvae.app.wandb_names``).
-* ``${intvae.gpu_count:}``: the number of GPUs a parallel sweep may use
-  (``intvae.app.launch.gpu_count``).
-* ``${intvae.gpu_workers:<gpus>,<runs_per_gpu>}``: that number (of ``<gpus>`` if given) times
-  the runs per GPU (``intvae.app.launch.gpu_workers``), the ``n_jobs`` of
-  ``hydra/launcher=joblib_gpus``.
+* ``${intvae.gpu_workers:<gpus>,<runs_per_gpu>}``: the number of GPUs a parallel sweep may use
+  (``<gpus>`` if given, else the visible ones: ``intvae.app.launch.gpu_count``) times the runs
+  per GPU (``intvae.app.launch.gpu_workers``), the ``n_jobs`` of ``hydra/launcher=joblib_gpus``.
 """
 
 import os
@@ -30,7 +28,7 @@ from omegaconf import OmegaConf
 
 from intvae.app.errors import ConfigError
 from intvae.app.files import write_text
-from intvae.app.launch import gpu_count, gpu_workers
+from intvae.app.launch import gpu_workers
 from intvae.app.wandb_names import run_group, run_name, sweep_name
 from intvae.checks import boolean, finite_float, integer, is_int, one_of, require
 
@@ -88,7 +86,6 @@ OmegaConf.register_new_resolver("intvae.run_dir", run_dir, replace=True)
 OmegaConf.register_new_resolver("intvae.sweep", sweep_name, replace=True)
 OmegaConf.register_new_resolver("intvae.run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("intvae.run_group", run_group, replace=True)
-OmegaConf.register_new_resolver("intvae.gpu_count", gpu_count, replace=True)
 OmegaConf.register_new_resolver("intvae.gpu_workers", gpu_workers, replace=True)
 
 

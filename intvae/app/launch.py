@@ -109,7 +109,7 @@ def parse_runs_per_gpu(value) -> int:
 
 def gpu_count(gpus=None) -> int:
     """How many GPUs a parallel sweep uses, at least 1: ``gpus`` (``parse_gpus``), else those
-    ``visible_gpus`` finds (``${intvae.gpu_count:}``)."""
+    ``visible_gpus`` finds."""
     return max(1, len(parse_gpus(gpus) or visible_gpus()))
 
 

@@ -72,7 +72,7 @@ def write_seed_tables(runs: list[Run], out: Path, references: list[str] | None) 
     groups = seed_groups(runs)
     if all(len(g.runs) == 1 for g in groups):
         return []
-    names = sorted(seed_table.stem(g) for g in groups)
+    names = sorted(g.name for g in groups)
     for name in references or []:
         if name not in names:
             raise ReportError(f"--reference {name}: no such configuration; "
@@ -136,12 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         relabel(runs, args.labels)
         if not readable(runs):
             raise ReportError(f"no run could be read ({len(runs)} damaged, see the warnings)")
-        runs = readable(runs)
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        written = write_report(runs, args.out, args.data_root, args.images, args.reference)
+        written = write_report(readable(runs), args.out, args.data_root, args.images,
+                               args.reference)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -71,17 +71,23 @@ def configuration(run: Run) -> str | None:
 
 @dataclass
 class Group:
-    """Runs of one configuration that differ only in their seed (or a single run)."""
+    """Runs of one configuration that differ only in their seed (or a single run), and the
+    configuration's name."""
 
-    label: str
+    name: str
     runs: list[Run]
+
+    @property
+    def label(self) -> str:
+        """The name, with the count of seeds where there are several."""
+        return f"{self.name} ({len(self.runs)} seeds)" if len(self.runs) > 1 else self.name
 
 
 def seed_groups(runs: list[Run]) -> list[Group]:
     """``runs`` grouped by ``configuration`` in order of first appearance (runs of one
     configuration with a seed in common stay apart: they are copies or reruns, not seeds); a
-    group of several runs is labelled by its first run's label less its seed ("seed1",
-    "seed=1") and the count."""
+    group of several runs is named by its first run's label less its seed ("seed1",
+    "seed=1"), a single run by its label."""
     groups: dict[object, list[Run]] = {}
     for i, run in enumerate(runs):
         groups.setdefault(configuration(run) or i, []).append(run)
@@ -93,14 +99,14 @@ def seed_groups(runs: list[Run]) -> list[Group]:
             split.append(members)
     result = []
     for members in split:
-        label, first = members[0].label, members[0]
+        name, first = members[0].label, members[0]
         if len(members) > 1:
             # "elbo/seed0" -> "elbo"; a label that is only the seed ("seed0"): its folder's name
-            stem = re.sub(r"[/_,-]?seed[=_]?\d+", "", label).strip("/_,-")
+            stem = re.sub(r"[/_,-]?seed[=_]?\d+", "", name).strip("/_,-")
             if not stem and first.path is not None:
                 stem = first.path.parent.name
-            label = f"{stem or label} ({len(members)} seeds)"
-        result.append(Group(label, members))
+            name = stem or name
+        result.append(Group(name, members))
     return result
 
 

@@ -53,14 +53,9 @@ def paired(runs: dict[int, dict], reference: dict[int, dict]) -> str:
     return f"{mean:+.3g} +- {error:.2g} over {len(diffs)} seeds: {verdict}"
 
 
-def stem(group: Group) -> str:
-    """The configuration's name: the group's label without its seed count."""
-    return group.label.rsplit(" (", 1)[0] if len(group.runs) > 1 else group.label
-
-
 def table(groups: list[Group], reference: str) -> str:
     """The markdown table, rows in the groups' order, sorted by name."""
-    found = {stem(g): _completed(g) for g in sorted(groups, key=stem)}
+    found = {g.name: _completed(g) for g in sorted(groups, key=lambda g: g.name)}
     lines = ["| configuration | seeds | test log P(I) (nats) | bits/dim | min decoder std | "
              f"bits/dim minus {reference}, paired |", "|---|---|---|---|---|---|"]
     for name, runs in found.items():
