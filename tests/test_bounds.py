@@ -737,3 +737,25 @@ def test_float32_tiny_scales_keep_the_sign_and_order_of_the_data_term(make):
     # -(distance - delta)^2 / (2 scale^2), summed over 2 pixels.
     assert values[0] == pytest.approx(-2 * (0.01 / 1e-9) ** 2 / 2, rel=1e-3)
     assert values[0] > values[1] > values[2]
+
+
+@pytest.mark.parametrize("make, warns", [
+    (lambda k: IWAE(k), True), (lambda k: VR(0.5, k), True), (lambda k: VRMax(k), True),
+    (lambda k: MIWAE(3, k), True), (lambda k: IWIELBO(Fixed(DELTA), k), True),
+    (lambda k: ELBO(k), False), (lambda k: IELBO(Fixed(DELTA), k), False),
+    (lambda k: IRELBO(Fixed(DELTA), 0.5, k), False)])
+def test_an_importance_weighted_bound_at_one_sample_warns(make, warns):
+    """K = 1 is allowed for an importance-weighted bound only with a warning that it equals the
+    single-sample ELBO (IELBO) in expectation; K > 1, and the single-sample bounds, are silent."""
+    import warnings
+
+    from intvae.bounds.base import SingleSampleWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make(2)
+        make(1)
+    found = [w for w in caught if issubclass(w.category, SingleSampleWarning)]
+    assert len(found) == (1 if warns else 0)
+    if warns:
+        assert "samples=1 equals the single-sample" in str(found[0].message)

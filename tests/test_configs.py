@@ -39,7 +39,8 @@ def test_the_default_config(compose_train):
     """The study's recommendation (conf/experiment/recommended.yaml): the IRELBO at alpha 0.5,
     one sample, lr 1e-4, 40 epochs on the CPU."""
     cfg = compose_train()
-    assert (cfg.delta, cfg.alpha, cfg.samples, cfg.eps, cfg.seed) == (0.01, 0.5, 1, 0.001, 0)
+    assert (cfg.delta, cfg.alpha, cfg.samples, cfg.eps, cfg.seed) == (0.01, 0.5, None, 0.001, 0)
+    assert cfg.bound.samples == 1  # the IRELBO's own K
     assert cfg.bound._target_ == "intvae.bounds.IRELBO" and cfg.data.name == "mnist"
     assert cfg.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 40
     assert cfg.model.hidden == [200, 200] and cfg.model.activation == "elu"
@@ -48,6 +49,43 @@ def test_the_default_config(compose_train):
     for key in ("max_epochs", "max_steps", "limit_train_batches", "limit_val_batches",
                 "limit_test_batches", "accelerator", "devices", "precision"):
         assert key in cfg.trainer  # plain keys: overridden without '+'
+
+
+OWN_SAMPLES = {"elbo": 1, "ielbo": 1, "irelbo": 1, "iwae": 5, "iw_ielbo": 5, "miwae": 5, "vr": 5,
+               "vr_max": 5}
+"""Each bound's own K (``conf/bound/<name>.yaml``): more than one for the importance-weighted."""
+
+
+@pytest.mark.parametrize("experiment", [[], ["experiment=smoke"], ["~experiment"]])
+@pytest.mark.parametrize("bound", sorted(OWN_SAMPLES))
+def test_each_bound_owns_its_samples(bound, experiment, compose_train):
+    """The default experiment sets the IRELBO's one sample without touching other bounds:
+    ``bound=<name>`` trains with that bound's own K (the default experiment's and the bare root
+    alike); a root ``samples=N`` sets every bound's K, ``bound.samples=N`` this bound's."""
+    if experiment == ["experiment=smoke"]:  # a preset that sets the shared samples: 2
+        assert instantiate(compose_train(*experiment, f"bound={bound}").bound).samples == 2
+        return
+    cfg = compose_train(*experiment, f"bound={bound}")
+    assert cfg.samples is None and instantiate(cfg.bound).samples == OWN_SAMPLES[bound]
+    assert instantiate(compose_train(*experiment, f"bound={bound}", "samples=3").bound
+                       ).samples == 3
+    assert instantiate(compose_train(*experiment, f"bound={bound}", "bound.samples=7").bound
+                       ).samples == 7
+
+
+def test_the_composed_iwae_shows_its_own_samples(tmp_path):
+    """``intvae-train bound=iwae --cfg job`` prints the IWAE's own K, not the default
+    experiment's one sample of the IRELBO."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    done = subprocess.run([sys.executable, "-m", "intvae.train", "bound=iwae", "--cfg", "job",
+                           "--resolve"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300, check=True)
+    cfg = yaml.safe_load(done.stdout)
+    assert cfg["bound"]["_target_"] == "intvae.bounds.IWAE" and cfg["bound"]["samples"] == 5
 
 
 @pytest.mark.parametrize("group, option", CASES)
@@ -92,12 +130,13 @@ def test_hydra_launchers_compose_to_installed_launchers(launcher):
 
 
 def test_wandb_logger_settings(compose_train):
-    """Group: the configuration without its seed; name outside a sweep: the bound's; tags are
-    the app's (``intvae.app.wandb_run``); id: the stored one, set by the app."""
+    """Group: null in the config, set by the app from the run's record
+    (``intvae.app.wandb_run.logger_settings``); name outside a sweep: the bound's; tags are the
+    app's; id: the stored one, set by the app."""
     cfg = compose_train("logger=wandb", "bound=irelbo", "delta=0.005", "seed=3")
     OmegaConf.resolve(cfg)
     wandb = cfg.logger.wandb
-    assert wandb.group == "bound=irelbo,delta=0.005" and wandb.name == "irelbo"
+    assert wandb.group is None and wandb.name == "irelbo"
     assert wandb.mode == "disabled"  # the test environment's WANDB_MODE
     assert wandb.save_dir == cfg.paths.output_dir and wandb.id is None
 

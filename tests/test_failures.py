@@ -8,10 +8,13 @@ import logging
 import re
 import runpy
 import sys
+from typing import NamedTuple
 
 import pytest
 import torch
 from conftest import REPO, TINY, reevaluate
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from intvae.app.config import CONF_DIR, run_id
 from intvae.app.errors import ConfigError
@@ -169,9 +172,20 @@ def code(cell: str) -> str:
     return cell[1:-1] if len(cell) > 1 and cell[0] == cell[-1] == "`" else cell
 
 
-def documented_rows() -> list[tuple[str, str, str]]:
-    """(key, invalid example, message) of each row of the checked table; the key is the
-    cell's first code span (e.g. ``alpha`` of ```alpha` (vr)``)."""
+class Row(NamedTuple):
+    """A row of the checked table: the key (the first cell's first code span, e.g. ``alpha`` of
+    ```alpha` (vr)``), the words in parentheses after it (``("vr",)``), the default cell, the
+    invalid example and the message (code spans unwrapped)."""
+
+    key: str
+    qualifiers: tuple[str, ...]
+    default: str
+    example: str
+    message: str
+
+
+def documented_rows() -> list[Row]:
+    """The rows of the checked table of ``docs/configuration.md``."""
     table = DOC.read_text().split("<!-- checked: begin -->")[1].split("<!-- checked: end -->")[0]
     lines = [line.strip() for line in table.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| key |") and lines[1].startswith("|---"), lines[:2]
@@ -180,7 +194,10 @@ def documented_rows() -> list[tuple[str, str, str]]:
         cells = [cell.strip() for cell in line.strip("|").split(" | ")]
         assert len(cells) == 5, line
         key = re.match(r"`([^`]+)`", cells[0])
-        rows.append((key.group(1) if key else cells[0], code(cells[3]), code(cells[4])))
+        words = re.search(r"\(([^)]*)\)", cells[0])
+        qualifiers = tuple(w.strip(" `") for w in words.group(1).split(",")) if words else ()
+        rows.append(Row(key.group(1) if key else cells[0], qualifiers, cells[1], code(cells[3]),
+                        code(cells[4])))
     return rows
 
 
@@ -188,8 +205,8 @@ def pattern(message: str) -> str:
     return ".*".join(re.escape(part) for part in message.split("…"))
 
 
-CHECKED = [pytest.param(example.split(), message, id=example)
-           for _, example, message in documented_rows() if example != "-"]
+CHECKED = [pytest.param(row.example.split(), row.message, id=row.example)
+           for row in documented_rows() if row.example != "-"]
 
 
 @pytest.mark.parametrize("overrides, message", CHECKED)
@@ -208,9 +225,51 @@ def test_every_documented_message(overrides, message, monkeypatch, capsys, app_e
 
 
 def test_the_table_covers_every_group_and_root_key(compose_train):
-    keys = {key for key, _, _ in documented_rows()}
+    keys = {row.key for row in documented_rows()}
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"
               and not p.name.startswith("_")}
     root = set(compose_train()) - {"paths"}
     for name in sorted(groups | root | {"hydra/launcher"}):
         assert any(key == name or key.startswith(f"{name}.") for key in keys), name
+
+
+def option_of(word: str, key: str) -> str | None:
+    """``group=word`` if ``word`` names an option of the group ``key`` is in (``noise.std``
+    (gaussian): ``noise=gaussian``), else of the one group that has it (``alpha`` (vr):
+    ``bound=vr``); None if none or several do."""
+    group = key.split(".")[0]
+    if (CONF_DIR / group / f"{word}.yaml").is_file():
+        return f"{group}={word}"
+    groups = sorted(p.parent.name for p in CONF_DIR.glob(f"*/{word}.yaml"))
+    return f"{groups[0]}={word}" if len(groups) == 1 else None
+
+
+DEFAULTS = [pytest.param(row, id=f"{row.key} {' '.join(row.qualifiers)}".strip())
+            for row in documented_rows()
+            if row.default.startswith("`") and not row.default.startswith("`$")]
+
+
+@pytest.mark.parametrize("row", DEFAULTS)
+def test_every_documented_default_is_what_runs(row, compose_train):
+    """The default column of the table is the composed default config: the root config with
+    its default experiment (``experiment=recommended``), under each option the row names
+    (``alpha`` (vr): with ``bound=vr``); a key is compared as written (``${delta}``) or as
+    resolved, a group by its chosen option."""
+    written = re.match(r"`([^`]*)`", row.default).group(1)
+    default = OmegaConf.to_container(OmegaConf.create({"v": written}) if written.startswith(
+        "${") else OmegaConf.create(f"v: {written}"), resolve=False)["v"]
+    group, _, option = row.key.partition(".")
+    option = option.split(".")[0]
+    implied = [f"{group}={option}"] if (CONF_DIR / group / f"{option}.yaml").is_file() else []
+    runs = [[o] for o in (option_of(w, row.key) for w in row.qualifiers) if o] or [[]]
+    for overrides in runs:
+        cfg = compose_train(*implied, *overrides)
+        if (CONF_DIR / row.key).is_dir():  # a config group: its chosen option
+            assert HydraConfig.get().runtime.choices.get(row.key) == default, row
+            continue
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        for part in row.key.split("."):
+            raw = raw[part]
+        resolved = OmegaConf.select(cfg, row.key)
+        resolved = OmegaConf.to_container(resolved) if OmegaConf.is_config(resolved) else resolved
+        assert default in (raw, resolved), (row.key, overrides, default, raw, resolved)

@@ -9,9 +9,12 @@ Resolvers registered here (importing ``intvae.config`` registers them):
 * ``${intvae.run_dir:<ckpt_path>,<default>}``: the output directory of the run a checkpoint
   belongs to (``<run>/checkpoints/<file>.ckpt`` -> ``<run>``), else ``<default>``; so
   ``ckpt_path=<file>`` resumes into the same directory.
-* ``${intvae.sweep:}``, ``${intvae.run_name:}``, ``${intvae.run_group:}``: the sweep's name,
-  the job's W&B name (what varies in the sweep) and its W&B group (its configuration without
-  the seed), from Hydra's record of the job (``intvae.app.wandb_names``).
+* ``${intvae.sweep:}``, ``${intvae.run_name:}``: the sweep's name and the job's W&B name (what
+  varies in the sweep), from Hydra's record of the job (``intvae.app.wandb_names``; the W&B
+  group comes from the run's record instead: ``intvae.app.wandb_run.logger_settings``).
+* ``${intvae.samples:<default>}``: a bound's K (``conf/bound/<name>.yaml``): the root key
+  ``samples`` where it is set (``samples=5`` sets every bound's K), else the bound's own
+  ``<default>`` (null, the root's default: each bound keeps its own K; ``bound_samples``).
 * ``${intvae.gpu_workers:<gpus>,<runs_per_gpu>}``: the number of GPUs a parallel sweep may use
   (``<gpus>`` if given, else the visible ones: ``intvae.app.launch.gpu_count``) times the runs
   per GPU (``intvae.app.launch.gpu_workers``), the ``n_jobs`` of ``hydra/launcher=joblib_gpus``.
@@ -29,7 +32,7 @@ from omegaconf import OmegaConf
 from intvae.app.errors import ConfigError
 from intvae.app.files import write_text
 from intvae.app.launch import gpu_workers
-from intvae.app.wandb_names import run_group, run_name, sweep_name
+from intvae.app.wandb_names import run_name, sweep_name
 from intvae.checks import boolean, finite_float, integer, is_int, one_of, require
 
 CONF_MODULE = "intvae.app.conf"
@@ -82,10 +85,16 @@ def run_id(output_dir: str | os.PathLike[str], fresh: bool = False) -> str:
     return new
 
 
+def bound_samples(default: int, *, _root_) -> int:
+    """K of a bound config: the root ``samples`` unless it is null, else ``default``."""
+    shared = _root_.get("samples")
+    return default if shared is None else shared
+
+
 OmegaConf.register_new_resolver("intvae.run_dir", run_dir, replace=True)
+OmegaConf.register_new_resolver("intvae.samples", bound_samples, replace=True)
 OmegaConf.register_new_resolver("intvae.sweep", sweep_name, replace=True)
 OmegaConf.register_new_resolver("intvae.run_name", run_name, replace=True)
-OmegaConf.register_new_resolver("intvae.run_group", run_group, replace=True)
 OmegaConf.register_new_resolver("intvae.gpu_workers", gpu_workers, replace=True)
 
 

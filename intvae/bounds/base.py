@@ -10,6 +10,7 @@ A bound is called as ``bound(vae, x)`` where ``vae.encode(x)`` returns q as a
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -90,15 +91,31 @@ def check_likelihood(bound: str, requires: str, likelihood: type[Likelihood]) ->
             f"use {SUITED[requires]}")
 
 
+class SingleSampleWarning(UserWarning):
+    """An importance-weighted bound built with one sample (``Bound.single_sample``)."""
+
+
 class Bound:
     """A lower bound on log p(x) or log P(I(x)) estimated with ``samples`` draws of z; it needs
-    the capability ``requires`` of the decoder's likelihood."""
+    the capability ``requires`` of the decoder's likelihood.
+
+    ``single_sample``: for an importance-weighted bound, the single-sample bound it equals in
+    expectation at K = 1: its estimate is then log p(x | z_1) + log p(z_1) - log q(z_1 | x)
+    (or with P(I(x) | z_1)), whose expectation over z_1 ~ q is the ELBO (the IELBO). Building
+    it with ``samples=1`` is allowed (e.g. to compare) but warns: compared with that
+    single-sample bound at K = 1 it is one objective compared with itself."""
 
     name = "bound"
     requires = DENSITY
+    single_sample: str | None = None
 
     def __init__(self, samples: int = 1):
         self.samples = positive_int("samples", samples)
+        if self.samples == 1 and self.single_sample:
+            warnings.warn(f"bound={self.name} with samples=1 equals the single-sample "
+                          f"{self.single_sample} in expectation (one importance weight is no "
+                          f"weighting); use samples > 1 for an importance-weighted bound",
+                          SingleSampleWarning, stacklevel=3)  # the caller of the subclass
 
     def check_likelihood(self, likelihood: type[Likelihood]) -> None:
         """Refuse a likelihood class that lacks what this bound needs."""

@@ -22,8 +22,9 @@ class IWIELBO(Bound):
     """IW-IELBO with K = ``samples`` importance samples."""
 
     requires = INTERVAL
+    single_sample = "IELBO"
 
-    def __init__(self, interval, samples: int = 10):
+    def __init__(self, interval, samples: int = 5):
         super().__init__(samples)
         self.interval = interval
 

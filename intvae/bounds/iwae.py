@@ -17,6 +17,8 @@ from intvae.bounds.base import (
 class IWAE(Bound):
     """IWAE with K = ``samples`` importance samples."""
 
+    single_sample = "ELBO"
+
     def __init__(self, samples: int = 5):
         super().__init__(samples)
 

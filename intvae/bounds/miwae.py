@@ -18,6 +18,8 @@ from intvae.checks import positive_int
 class MIWAE(Bound):
     """MIWAE with M = ``outer_samples`` groups of K = ``samples`` importance samples."""
 
+    single_sample = "ELBO"
+
     def __init__(self, outer_samples: int = 5, samples: int = 5):
         super().__init__(samples)
         self.outer_samples = positive_int("outer_samples", outer_samples)

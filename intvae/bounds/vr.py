@@ -19,6 +19,8 @@ from intvae.checks import finite_float, require
 class VR(Bound):
     """VR bound of order ``alpha`` (any finite alpha other than 1) with K = ``samples``."""
 
+    single_sample = "ELBO"
+
     def __init__(self, alpha: float, samples: int = 5):
         super().__init__(samples)
         allowed = "a finite number other than 1 (alpha = 1 is the ELBO: use bound=elbo)"

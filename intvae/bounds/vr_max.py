@@ -11,6 +11,8 @@ from intvae.bounds.base import Bound, BoundResult, log_weights, register
 class VRMax(Bound):
     """VR-max with K = ``samples``."""
 
+    single_sample = "ELBO"
+
     def __init__(self, samples: int = 5):
         super().__init__(samples)
 
