@@ -79,14 +79,16 @@ def test_evaluate_a_tiny_checkpoint(tiny_run):
     best = tiny_run / "checkpoints" / "best.ckpt"
     results = reevaluate(f"run={best}", "samples=6", "split=val", "limit_batches=1",
                        "compile=false")
-    assert results["eval_images"] == 32 and results["checkpoint"] == str(best)
-    assert "val_log_likelihood" in results
+    entry = results["evaluations"]["val k=6 images=32 Fixed(delta=0.01)"]  # tests/test_reevaluate
+    assert entry["eval_images"] == 32 and entry["checkpoint"] == str(best)
+    assert "val_log_likelihood" in entry and "val_log_likelihood" not in results
 
 
 def test_evaluate_on_the_command_line(tiny_run, cli):
     done = cli("intvae.evaluate", f"run={tiny_run}", "samples=3", "compile=false")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "k: 3" in done.stdout and "test_log_likelihood:" in done.stdout
+    assert f"written to {tiny_run / 'results.json'} at the top level" in done.stdout
 
 
 def test_a_missing_run_is_named(tmp_path):

@@ -2,7 +2,8 @@
 
 ``describe_run`` builds it once per run, from the instantiated bound, VAE, noise and data module
 (never from the config's root knobs such as ``delta``, which ``interval.delta=0.05`` would
-bypass), plus the names of the config groups chosen. The one record serves everywhere:
+bypass), the optimizer and the trainer settings that change what is trained (``TRAINING_KEYS``),
+plus the names of the config groups chosen. The one record serves everywhere:
 
 * the top of ``results.json`` (``intvae.app.runs``) and so the report's table;
 * the checkpoint's hyperparameters (with the resolved config under ``config``), hence
@@ -14,8 +15,16 @@ density bounds), ``alpha`` for bounds without a Renyi order, the likelihood's fl
 likelihood without a standard deviation.
 """
 
+import hashlib
+import json
 import re
 
+from omegaconf import ListConfig
+
+TRAINING_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "gradient_clip_val",
+                 "gradient_clip_algorithm", "precision", "accumulate_grad_batches")
+"""Trainer settings that change the weights a run trains: recorded (null where the trainer
+config has no such key)."""
 RECORD_GROUPS = ("bound", "interval", "likelihood", "noise", "model", "data", "experiment",
                  "budget", "trainer")
 """The config groups whose chosen option the record names."""
@@ -26,10 +35,13 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def describe_run(bound, vae, noise, datamodule, seed: int, choices: dict | None = None) -> dict:
+def describe_run(bound, vae, noise, datamodule, seed: int, choices: dict | None = None,
+                 optimizer=None, trainer=None) -> dict:
     """The record of a run (module docstring): the bound and its parameters, the interval
     policy, the likelihood and its floors, the noise, the network's shape, the data, the seed,
-    and the chosen option of each of ``RECORD_GROUPS`` found in ``choices`` (Hydra's
+    the optimizer (``optimizer``: the ``functools.partial`` the module calls; its class name and
+    keyword arguments, e.g. ``lr``), the ``TRAINING_KEYS`` of ``trainer`` (the trainer's config
+    mapping), and the chosen option of each of ``RECORD_GROUPS`` found in ``choices`` (Hydra's
     ``runtime.choices``) as ``<group>_config``."""
     interval = getattr(bound, "interval", None)
     head = vae.head
@@ -55,10 +67,20 @@ def describe_run(bound, vae, noise, datamodule, seed: int, choices: dict | None 
         "eps": datamodule.eps,
         "batch_size": datamodule.batch_size,
         "seed": seed,
+        "optimizer": None if optimizer is None else snake(optimizer.func.__name__),
+        "lr": _plain(getattr(optimizer, "keywords", {}).get("lr")),
+        **{f"optimizer_{key}": _plain(value) for key, value in sorted(
+            getattr(optimizer, "keywords", {}).items()) if key != "lr"},
+        **{key: _plain((trainer or {}).get(key)) for key in TRAINING_KEYS},
     }
     for group in RECORD_GROUPS:
         record[f"{group}_config"] = (choices or {}).get(group)
     return record
+
+
+def _plain(value):
+    """A config value as a JSON value: sequences as lists (betas), the rest as it is."""
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else value
 
 
 def tags(record: dict) -> list[str]:
@@ -66,3 +88,52 @@ def tags(record: dict) -> list[str]:
     found = [record["bound"]]
     found += [f"{key}={record[key]:g}" for key in ("delta", "alpha") if record[key] is not None]
     return found
+
+
+NAMES = tuple(f"{group}_config" for group in RECORD_GROUPS)
+"""The record's names of the chosen config options: how a configuration was spelled, not what
+ran (``bound=irelbo`` and an experiment choosing the same IRELBO run alike); left out of every
+comparison of records."""
+LENGTH = ("max_epochs", "max_steps")
+"""Record keys that a resumed run may change: how long it trains, not what."""
+
+
+def as_stored(record: dict) -> dict:
+    """The record as ``results.json`` holds it (JSON: tuples as lists)."""
+    return json.loads(json.dumps(record))
+
+
+def differences(stored: dict, record: dict, allowed: tuple[str, ...] = ()) -> dict:
+    """The keys of ``record`` whose value differs from a run's stored record ``stored`` (its
+    ``results.json``), as ``{key: (stored value, new value)}``: the keys both hold (an older
+    record lacks newer keys), less ``NAMES`` and ``allowed``."""
+    new = as_stored(record)
+    return {key: (stored[key], value) for key, value in new.items()
+            if key in stored and key not in NAMES and key not in allowed and stored[key] != value}
+
+
+def describe_differences(found: dict) -> str:
+    """``bound (ielbo -> irelbo), alpha (null -> 0.5)``."""
+    return ", ".join(f"{key} ({json.dumps(old)} -> {json.dumps(new)})"
+                     for key, (old, new) in found.items())
+
+
+def canonical(value):
+    """A record value in one spelling: numbers as floats (``alpha=2`` and ``alpha=2.0``,
+    ``gradient_clip_val=3`` and ``3.0`` train the same), lists and dicts item by item."""
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {key: canonical(v) for key, v in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def identity(record: dict, **extra) -> str:
+    """A digest of the record less ``NAMES``, with ``extra`` settings, in one spelling
+    (``canonical``): equal for jobs that would train (and with ``extra``, evaluate) the same
+    run, however their overrides were typed."""
+    kept = {key: value for key, value in record.items() if key not in NAMES}
+    text = json.dumps(canonical({**kept, **extra}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

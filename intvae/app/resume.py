@@ -47,6 +47,7 @@ import torch
 from intvae.app.config import OVERWRITTEN, overwritten_runs
 from intvae.app.errors import ConfigError
 from intvae.app.files import LOCK_FILE
+from intvae.app.record import LENGTH, describe_differences, differences
 from intvae.app.runs import LAST_CHECKPOINT, RESULTS_FILE, read_checkpoint, read_results
 from intvae.data.batching import derive_seed
 
@@ -65,9 +66,14 @@ SAMPLING_STREAM = 3
 1 and 2: binarization, ``intvae.data``)."""
 
 
-class FinishedRunError(ConfigError):
-    """The output directory holds a finished run: a single run refuses it, a multirun job skips
-    it."""
+class RefusedRunError(ConfigError):
+    """The output directory holds a run this command may not touch: refused before anything is
+    written (a multirun job records nothing into that run's files)."""
+
+
+class FinishedRunError(RefusedRunError):
+    """The output directory holds a finished run of the same record: a single run refuses it, a
+    multirun job skips it."""
 
 
 def launched_rank() -> int:
@@ -117,15 +123,36 @@ def continue_finished(output_dir: Path, ckpt: Path, checkpoint: dict, max_epochs
              output_dir, target)
 
 
+def changed(output_dir: Path, record: dict | None, allowed: tuple[str, ...] = ()) -> str:
+    """How the stored record of the run in ``output_dir`` (its ``results.json``) differs from
+    ``record``, the run this command would train, in keys other than ``allowed``
+    (``intvae.app.record.differences``); empty if it does not, or either is missing."""
+    stored = read_results(output_dir / RESULTS_FILE) if record else {}
+    return describe_differences(differences(stored, record, allowed)) if stored else ""
+
+
+def refused(output_dir: Path, which: str, found: str) -> RefusedRunError:
+    """The refusal of a run in ``output_dir`` whose record differs (``changed``)."""
+    return RefusedRunError(
+        f"hydra.run.dir={output_dir} is invalid: {which} was trained with other settings than "
+        f"this command's: {found}; overwrite=true moves it aside and starts again, or choose "
+        "another hydra.run.dir (hydra.sweep.dir with -m), with ckpt_path=<its checkpoint> to "
+        "branch from it")
+
+
 def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None = None,
                      resume: str = "auto", overwrite: bool = False,
-                     max_epochs: int = -1) -> str | None:
+                     max_epochs: int = -1, record: dict | None = None) -> str | None:
     """The checkpoint the run in ``output_dir`` starts from (None: a new run), after checking
-    it can be read; see the module docstring. Raises ``FinishedRunError`` for a finished run in
-    ``output_dir`` (unless ``overwrite``), ``ConfigError`` for an unreadable checkpoint, a bad
-    ``resume`` or ``overwrite``, or ``ckpt_path`` into a finished run with no epoch left to
-    train (``continue_finished``). Only the main process (rank 0) moves files; the other ranks
-    of a DDP run see the directory as rank 0 left it and decide alike."""
+    it can be read; see the module docstring. ``record``: the record of the run this command
+    would train (``intvae.app.record``); a run in ``output_dir`` whose stored record differs is
+    never skipped as finished nor continued (``RefusedRunError`` naming the keys), except that
+    a resumed or continued run may change its length (``LENGTH``). Raises ``FinishedRunError``
+    for a finished run of the same record in ``output_dir`` (unless ``overwrite``),
+    ``ConfigError`` for an unreadable checkpoint, a bad ``resume`` or ``overwrite``, or
+    ``ckpt_path`` into a finished run with no epoch left to train (``continue_finished``). Only
+    the main process (rank 0) moves files; the other ranks of a DDP run see the directory as
+    rank 0 left it and decide alike."""
     if resume not in RESUME_CHOICES:
         raise ConfigError(f"resume={resume!r} is invalid: resume must be auto or never")
     if not isinstance(overwrite, bool):
@@ -137,6 +164,8 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
                               "overwrite starts a new run, ckpt_path continues one")
         ckpt = Path(ckpt_path).expanduser().resolve()
         checkpoint = read_checkpoint(ckpt, "ckpt_path")
+        if found := changed(output_dir, record, LENGTH):
+            raise refused(output_dir, "the run ckpt_path continues", found)
         if finished(output_dir) and launched_rank() == 0:
             continue_finished(output_dir, ckpt, checkpoint, max_epochs)
         return str(ckpt)
@@ -144,6 +173,8 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
     last = output_dir / LAST_CHECKPOINT
     if finished(output_dir) and main_process:
         if not overwrite:
+            if found := changed(output_dir, record):
+                raise refused(output_dir, "the finished run it holds", found)
             raise FinishedRunError(
                 f"hydra.run.dir={output_dir} is invalid: it holds a finished run (results.json: "
                 "status completed); choose another hydra.run.dir (hydra.sweep.dir with -m), pass "
@@ -160,6 +191,12 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
                 f"run ({last}); resume=auto continues it, overwrite=true moves it aside, or "
                 "choose another hydra.run.dir")
         move_aside(output_dir)
+        return None
+    if found := changed(output_dir, record, LENGTH):
+        if not overwrite:
+            raise refused(output_dir, f"the unfinished run it holds ({last})", found)
+        if main_process:
+            move_aside(output_dir)
         return None
     try:
         read_checkpoint(last, "checkpoint")

@@ -5,13 +5,25 @@ run directory keeps them.
 ``bound``, ``delta``, ``alpha``, ``samples``, ``epochs``, ``steps``, ``fit_seconds``,
 ``wall_seconds``, ``train_bound``, ``val_bound``, ``test_bound``, ``train_std_min`` and
 ``test_std_min`` (the decoder's smallest standard deviation over the last training epoch and
-the test set), ``non_finite_steps``, ``status``; after the evaluation
-(``intvae.app.evaluate``): ``test_log_likelihood`` (log P(I) estimated with ``k`` importance
-samples), ``log_likelihood_kind``, ``k``, ``eval_images``, ``test_log_likelihood_bins`` (log P
-under the 8-bit bins, when the run's own intervals are not already a discrete likelihood) and
+the test set), ``non_finite_steps``, ``status``.
+
+**The test result** (top level), an evaluation (``intvae.app.evaluate``) of the whole test
+split, by the training app's final evaluation or a full re-evaluation (``intvae-evaluate``), and
+by nothing else: ``test_log_likelihood`` (log P(I) estimated with ``k`` importance samples),
+``log_likelihood_kind``, ``k``, ``eval_images``, ``eval_split`` (``test``),
+``eval_whole_split`` (true), ``eval_interval`` (the intervals, as their repr: the bound's own,
+``intvae.app.evaluate.evaluation_interval``; null for log p(x)), ``test_log_likelihood_bins``
+(log P under the 8-bit bins, when those intervals are not already a discrete likelihood),
 ``bits_per_dim`` (of the discrete likelihood, ``docs/math.md``; null for a density-only
-decoder). JSON has no NaN: a non-finite number is written as null and its key listed in
-``non_finite_fields``, so that a diverged value is visible instead of silently missing.
+decoder), ``eval_seconds``; ``checkpoint`` names the weights. **Other evaluations**, of the
+validation split or of part of a split (``limit_batches``), are kept apart under
+``evaluations[<key>]`` with the same fields (``val_log_likelihood`` for the validation split) and
+their ``checkpoint``; the key names split, K, images and intervals, e.g.
+``"val k=100 images=10000 Fixed(delta=0.01)"`` (``evaluation_key``), and repeating an evaluation
+replaces only its own entry. A new test result moves the one it replaces into ``evaluations``
+under its key (``place_evaluation``), so no result is lost. JSON has no NaN: a non-finite number
+is written as null and its key listed in ``non_finite_fields`` (an entry of ``evaluations`` has
+its own), so that a diverged value is visible instead of silently missing.
 
 **Checkpoints.** Every checkpoint the apps read (``ckpt_path=``, ``resume=auto``,
 ``intvae-evaluate run=``, the report) goes through ``read_checkpoint``. It first checks the
@@ -61,19 +73,30 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def write_results(path: str | os.PathLike[str], results: dict) -> dict:
-    """Write ``results`` to ``path`` atomically (``intvae.app.files.write_atomic``); return
-    what was written."""
-    path = Path(path)
-    clean = {key: _plain(value) for key, value in results.items()}
-    flagged = set(clean.get("non_finite_fields") or ())
-    for key, value in clean.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            clean[key] = None
+def _finite(record: dict) -> dict:
+    """``record`` as JSON can hold it: tensors and numpy scalars as Python numbers, and each
+    non-finite number as null with its key listed in ``non_finite_fields``; the same inside
+    every dict it holds (each entry of ``evaluations`` keeps its own list)."""
+    clean = {}
+    flagged = set(record.get("non_finite_fields") or ())
+    for key, value in record.items():
+        value = _plain(value)
+        if isinstance(value, dict):
+            value = _finite(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
             flagged.add(key)
+        clean[key] = value
     if flagged:
         clean["non_finite_fields"] = sorted(flagged)
-    write_text(path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    return clean
+
+
+def write_results(path: str | os.PathLike[str], results: dict) -> dict:
+    """Write ``results`` to ``path`` atomically (``intvae.app.files.write_atomic``), non-finite
+    numbers flagged (``_finite``); return what was written."""
+    clean = _finite(results)
+    write_text(Path(path), json.dumps(clean, indent=2, allow_nan=False) + "\n")
     return clean
 
 
@@ -96,6 +119,68 @@ def read_results(path: str | os.PathLike[str]) -> dict:
 def update_results(path: str | os.PathLike[str], **fields) -> dict:
     """Add ``fields`` to the results in ``path`` (created if missing)."""
     return write_results(path, {**read_results(path), **fields})
+
+
+EVALUATIONS = "evaluations"
+"""The ``results.json`` key of the evaluations kept apart from the run's test result."""
+EVALUATION_FIELDS = ("test_log_likelihood", "test_log_likelihood_bins", "val_log_likelihood",
+                     "val_log_likelihood_bins", "log_likelihood_kind", "k", "eval_images",
+                     "bits_per_dim", "eval_seconds", "eval_split", "eval_whole_split",
+                     "eval_interval")
+"""The top-level fields of the run's test result (``intvae.app.evaluate.evaluate``); ``val_*``
+are there only in records of older versions, which wrote any evaluation at the top level."""
+
+
+def evaluation_split(fields: dict) -> str | None:
+    """The split an evaluation's fields describe: ``eval_split``, else (a record of an older
+    version) the split whose ``<split>_log_likelihood`` they hold; None if neither."""
+    if fields.get("eval_split"):
+        return fields["eval_split"]
+    return next((s for s in ("test", "val") if f"{s}_log_likelihood" in fields), None)
+
+
+def evaluation_key(fields: dict) -> str:
+    """An evaluation's key in ``evaluations``: its split, K, images and interval (``density``
+    for log p(x)), e.g. ``val k=100 images=10000 Fixed(delta=0.01)``; what tells two evaluations
+    of a run apart, so that repeating one replaces only its own entry."""
+    interval = fields.get("eval_interval") or fields.get("log_likelihood_kind")
+    return (f"{evaluation_split(fields)} k={fields.get('k')} images={fields.get('eval_images')} "
+            f"{interval}")
+
+
+def evaluation_place(fields: dict) -> str | None:
+    """Where an evaluation's fields go in ``results.json``: None (the top level) for the run's
+    test result, an evaluation of the whole test split; else (the validation split, or part of
+    a split: ``limit_batches``) its key in ``evaluations``."""
+    whole_test = evaluation_split(fields) == "test" and fields.get("eval_whole_split") is True
+    return None if whole_test else evaluation_key(fields)
+
+
+def place_evaluation(results: dict, fields: dict) -> tuple[dict, str | None]:
+    """``results`` with an evaluation's ``fields`` in their place, and the place
+    (``evaluation_place``). Under ``evaluations[<key>]`` they replace only an entry of the same
+    key, and nothing at the top level. At the top level they replace the previous test result's
+    ``EVALUATION_FIELDS`` (none of its fields is left over), which move with its ``checkpoint``
+    and their ``non_finite_fields`` into ``evaluations`` under their own key, unless this
+    evaluation repeats that one: no result is lost."""
+    key = evaluation_place(fields)
+    evaluations = dict(results.get(EVALUATIONS) or {})
+    if key is not None:
+        evaluations[key] = fields
+        return {**results, EVALUATIONS: evaluations}, key
+    flagged = set(results.get("non_finite_fields") or ())
+    previous = {name: results[name] for name in EVALUATION_FIELDS if name in results}
+    if previous:
+        previous["checkpoint"] = results.get("checkpoint")
+        if flagged & previous.keys():
+            previous["non_finite_fields"] = sorted(flagged & previous.keys())
+        evaluations[evaluation_key(previous)] = previous
+    evaluations.pop(evaluation_key(fields), None)
+    kept = {name: value for name, value in results.items()
+            if name not in (*EVALUATION_FIELDS, EVALUATIONS, "non_finite_fields")}
+    if flagged - set(EVALUATION_FIELDS):
+        kept["non_finite_fields"] = sorted(flagged - set(EVALUATION_FIELDS))
+    return {**kept, **fields, **({EVALUATIONS: evaluations} if evaluations else {})}, None
 
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"

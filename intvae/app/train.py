@@ -1,11 +1,11 @@
 """The training app: ``intvae-train [key=value ...] [-m]`` (``python -m intvae.train``).
 
-Trains a VAE with one bound of the registry (default: the IELBO of the integral bounds paper,
-eq. 2, on continuous MNIST with the paper's architecture, 4 epochs on the CPU), tests it and
-evaluates the importance-sampled log-likelihood log P(I) of the test set
-(``intvae.app.evaluate``). Configs: ``intvae/app/conf/`` (root ``train.yaml``). Each run writes
-into its own output directory (``outputs/<date>/<time>``, or ``multirun/<date_time>/<job>`` for
-``-m``), and nowhere else:
+Trains a VAE with one bound of the registry (default: ``experiment=recommended``, the IRELBO of
+the integral bounds paper, eq. 6-7, at alpha 0.5 with one sample of z, on continuous MNIST with
+the paper's architecture, 40 epochs on the CPU), tests it and evaluates the importance-sampled
+log-likelihood log P(I) of the test set (``intvae.app.evaluate``). Configs:
+``intvae/app/conf/`` (root ``train.yaml``). Each run writes into its own output directory
+(``outputs/<date>/<time>``, or ``multirun/<date_time>/<job>`` for ``-m``), and nowhere else:
 
 * ``config.yaml``: the resolved config (``.hydra/``: Hydra's own record);
 * ``metrics.csv``: per-epoch metrics (``train/bound``, ``val/bound``, ``test/bound``, ...);
@@ -22,9 +22,12 @@ is ``failed``.
 **Faults.** A run takes an exclusive lock on its directory first (``intvae.app.files``), writes
 every file atomically, and resumes exactly after a kill at any point (``intvae.app.resume``):
 training epochs, the test pass and the evaluation are each seeded from the run's seed. In a
-multirun, a job whose directory holds a finished run is skipped with a line saying so, an
-unfinished one resumes, and a failing job does not stop the others; the sweep exits with
-status 1 at the end, listing its failed jobs (``intvae.app.sweeps.OutputDirectories``).
+multirun, a job whose directory holds a finished run of the same record is skipped with a line
+saying so, an unfinished one resumes, a run trained with other settings is refused and left
+untouched (one line naming the keys; ``overwrite=true`` moves it aside), a job repeating an
+earlier job's configuration is not trained again, and a failing job does not stop the others;
+the sweep exits with status 1 at the end, listing its failed and refused jobs and its copies
+(``intvae.app.sweeps``). Every job returns a number to the sweeper (``sweep_job``).
 
 Invalid settings end the program with status 1 and one line ``error: <key>: <what is wrong>``
 (``HYDRA_FULL_ERROR=1``: the traceback instead); every checked key and its message:
@@ -35,6 +38,7 @@ Invalid settings end the program with status 1 and one line ``error: <key>: <wha
 import intvae.app.tool_caches  # noqa: F401  (first: keeps the tools' caches in intvae's cache folder)
 # isort: on
 import logging
+import math
 import os
 import sys
 import time
@@ -65,22 +69,30 @@ from intvae.app.errors import (
     one_line_errors,
     sigterm_raises,
 )
-from intvae.app.evaluate import evaluate
+from intvae.app.evaluate import evaluate, evaluation_interval
 from intvae.app.files import AtomicCheckpointIO, RunLock, write_text
 from intvae.app.launch import trainer_plugins
 from intvae.app.loggers import AppendingCSVLogger
 from intvae.app.module import VAEModule
-from intvae.app.record import describe_run
+from intvae.app.record import describe_run, identity
 from intvae.app.resume import (
     EVALUATION_STREAM,
     TEST_STREAM,
     EpochSeeds,
     FinishedRunError,
+    RefusedRunError,
     launched_rank,
     stage_seed,
     start_checkpoint,
 )
-from intvae.app.runs import RESULTS_FILE, read_checkpoint, read_results, write_results
+from intvae.app.runs import (
+    RESULTS_FILE,
+    place_evaluation,
+    read_checkpoint,
+    read_results,
+    write_results,
+)
+from intvae.app.sweeps import claim, note, objective
 from intvae.checks import ParameterError
 from intvae.estimate import available_memory
 from intvae.intervals import Fixed
@@ -168,24 +180,23 @@ def tested_weights(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, bound, datamodule) -> dict:
-    """The log-likelihood of ``cfg.evaluate.split`` (``intvae.app.evaluate``) under the bound's
-    own intervals (``interval`` for a density bound), on one device over the whole split (in a
-    DDP run: on rank 0, while the other ranks are done), also sent to the loggers."""
-    split = cfg.evaluate.split
-    interval = getattr(bound, "interval", None) or instantiate(cfg.interval)
-    fields = evaluate(vae, interval, datamodule, cfg.evaluate.samples,
-                      trainer.strategy.root_device, split, cfg.evaluate.chunk_elements,
-                      cfg.evaluate.limit_batches, bits_per_dim=cfg.evaluate.bits_per_dim)
-    fields["eval_interval"] = repr(interval)
-    values = {f"{split}/log_likelihood": fields[f"{split}_log_likelihood"],
-              f"{split}/log_likelihood_bins": fields.get(f"{split}_log_likelihood_bins"),
-              f"{split}/bits_per_dim": fields["bits_per_dim"]}
+def evaluate_run(cfg: DictConfig, trainer: L.Trainer, vae, datamodule, results: dict) -> dict:
+    """``results`` with the log-likelihood of ``cfg.evaluate.split`` (``intvae.app.evaluate``)
+    under the run's own intervals (``evaluation_interval``: the bound's, else ``interval``), on
+    one device over the whole split or its first ``evaluate.limit_batches`` batches (in a DDP
+    run: on rank 0, while the other ranks are done), in its place
+    (``intvae.app.runs.place_evaluation``: the top level only for the whole test split), also
+    sent to the loggers under the same keys as the W&B summary
+    (``intvae.app.wandb_run.evaluation_summary``)."""
+    fields = evaluate(vae, evaluation_interval(cfg), datamodule, cfg.evaluate.samples,
+                      trainer.strategy.root_device, cfg.evaluate.split,
+                      cfg.evaluate.chunk_elements, cfg.evaluate.limit_batches,
+                      bits_per_dim=cfg.evaluate.bits_per_dim)
+    results, key = place_evaluation(results, {**fields, "checkpoint": results.get("checkpoint")})
     for logger in trainer.loggers:
-        logger.log_metrics({k: v for k, v in values.items() if v is not None},
-                           step=trainer.global_step)
+        logger.log_metrics(wandb_run.evaluation_summary(fields, key), step=trainer.global_step)
         logger.save()
-    return fields
+    return results
 
 
 def train(cfg: DictConfig) -> dict:
@@ -202,15 +213,18 @@ def train(cfg: DictConfig) -> dict:
             lock.release()
 
 
+class CopyJobError(RefusedRunError):
+    """A multirun job whose configuration an earlier job of the sweep claimed
+    (``intvae.app.sweeps.claim``): not trained."""
+
+    def __init__(self, first: dict):
+        self.first = first
+        super().__init__(f"a copy of job {first['job']} ({first['output_dir']}): its record "
+                         "and evaluation settings are the same")
+
+
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     """``train`` once the lock is held."""
-    # Before anything is written: refuse a finished run in output_dir, find the checkpoint to
-    # resume from and check that it can be read (intvae.app.resume).
-    ckpt_path = start_checkpoint(output_dir, cfg.get("ckpt_path"), cfg.get("resume", "auto"),
-                                 cfg.get("overwrite", False), cfg.trainer.max_epochs)
-    resumed = read_checkpoint(ckpt_path) if ckpt_path else {"global_step": 0, "epoch": -1}
-    start_step = resumed["global_step"]
-    previous = read_results(output_dir / RESULTS_FILE) if ckpt_path else {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
@@ -220,9 +234,24 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     bound.check_likelihood(vae.head.likelihood)  # e.g. bound=ielbo likelihood=bernoulli
     check_interval(bound, datamodule)
     noise = instantiate(cfg.noise) if cfg.get("noise") else None
-    record = describe_run(bound, vae, noise, datamodule, cfg.seed, choices())
+    optimizer = instantiate(cfg.optimizer)
+    record = describe_run(bound, vae, noise, datamodule, cfg.seed, choices(), optimizer,
+                          cfg.trainer)
+    if in_multirun():  # every rank (Slurm-started DDP ranks too) finds the same claim
+        first = claim(HydraConfig.get().sweep.dir, HydraConfig.get().job.num,
+                      identity(record, evaluate=OmegaConf.to_container(cfg.evaluate)), output_dir)
+        if first is not None:
+            raise CopyJobError(first)
+    # Before anything is written: refuse a finished run in output_dir or one trained with other
+    # settings, find the checkpoint to resume from and check that it can be read
+    # (intvae.app.resume).
+    ckpt_path = start_checkpoint(output_dir, cfg.get("ckpt_path"), cfg.get("resume", "auto"),
+                                 cfg.get("overwrite", False), cfg.trainer.max_epochs, record)
+    resumed = read_checkpoint(ckpt_path) if ckpt_path else {"global_step": 0, "epoch": -1}
+    start_step = resumed["global_step"]
+    previous = read_results(output_dir / RESULTS_FILE) if ckpt_path else {}
     hparams = {**record, "config": OmegaConf.to_container(cfg, resolve=True)}
-    module = VAEModule(vae, bound, instantiate(cfg.optimizer), hparams, noise=noise,
+    module = VAEModule(vae, bound, optimizer, hparams, noise=noise,
                        compile_step=cfg.compile_step)
     callbacks = [*instantiate_all(cfg.get("callbacks")), EpochSeeds(cfg.seed)]
     loggers = instantiate_all(cfg.get("logger"), wandb=wandb_run.logger_settings(
@@ -263,7 +292,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                            if weights else "final (no checkpoint)")
             if trainer.is_global_zero and cfg.evaluate.enabled:
                 stage_seed(cfg.seed, EVALUATION_STREAM)
-                results.update(evaluate_run(cfg, trainer, vae, bound, datamodule))
+                results = evaluate_run(cfg, trainer, vae, datamodule, results)
             results["status"] = "completed"
     except NonFiniteError as error:
         stopped = not isinstance(error, NothingTrainedError)  # the guard's mode=stop
@@ -290,16 +319,28 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return results
 
 
-def sweep_job(cfg: DictConfig) -> float | None:
-    """One job of a multirun: a finished run is skipped with a line, and an error is logged in
-    one line (user errors) or with its traceback, recorded in the job's ``results.json`` and
-    does not stop the sweep (``intvae.app.sweeps.OutputDirectories`` lists the failed jobs at the
+def sweep_job(cfg: DictConfig) -> float:
+    """One job of a multirun, returning ``intvae.app.sweeps.objective`` (a number, so that
+    Optuna and other sweepers can go on): a finished run of the same record is skipped with a
+    line and returns its recorded value, a copy of an earlier job returns that job's, and a run
+    in the job's directory trained with other settings is refused in one line naming them and
+    left untouched. An error is logged in one line (user errors) or with its traceback,
+    recorded in the job's ``results.json`` and does not stop the sweep
+    (``intvae.app.sweeps.OutputDirectories`` lists the failed and the refused jobs at the
     end)."""
     job = HydraConfig.get().job.num
+    results = Path(cfg.paths.output_dir) / RESULTS_FILE
     try:
-        return train(cfg).get("val_bound")
+        return objective(train(cfg))
     except FinishedRunError as error:
         log.info("job %s: skipped, %s", job, describe(error))
+        return objective(read_results(results))
+    except CopyJobError as error:
+        log.info("job %s: skipped, %s", job, describe(error))
+        return objective(read_results(Path(error.first["output_dir"]) / RESULTS_FILE))
+    except RefusedRunError as error:  # the run in the directory stays as it is
+        log.error("job %s: error: %s", job, describe(error))
+        note(HydraConfig.get().sweep.dir, job, refused=describe(error))
     except SystemExit:
         raise
     except Exception as error:
@@ -307,7 +348,6 @@ def sweep_job(cfg: DictConfig) -> float | None:
             log.error("job %s: error: %s", job, describe(error))
         else:
             log.exception("job %s failed", job)
-        results = Path(cfg.paths.output_dir) / RESULTS_FILE
         try:
             record = read_results(results)
         except ParameterError:
@@ -315,7 +355,7 @@ def sweep_job(cfg: DictConfig) -> float | None:
         if record.get("status") != "completed":
             write_results(results, {**record, "status": "failed",
                                     "error": f"{type(error).__name__}: {describe(error)}"})
-    return None
+    return math.nan
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="train")
