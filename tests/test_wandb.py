@@ -1,20 +1,26 @@
 """The W&B side of the app (``intvae.app.wandb_run``, ``intvae.app.wandb_names``): an offline
 2-seed sweep of the real command read back from its ``.wandb`` files (W&B's own protobuf
 records, ``wandb_files``): flat config, name, group, tags, summary and media; the stored run
-id; ``intvae-evaluate`` adding to a run's summary; the figures' rate."""
+id; ``intvae-evaluate`` adding to a run's summary; the figures' rate. Offline runs of one
+configuration typed in different ways (``SPELLINGS``) share a group, different ones do not;
+the filters the docs give match the runs of their sweep; the saved view groups by the group."""
 
 import json
+import re
 import sys
 from types import SimpleNamespace
 
+import nbformat
 import pytest
-from conftest import TINY, reevaluate
+from conftest import REPO, TINY, reevaluate
+from omegaconf import OmegaConf
 from wandb_files import OfflineRun, wandb_records
 
 from intvae.app.callbacks import Figures
 from intvae.app.config import WANDB_ID_FILE, run_id
 from intvae.app.train import main
-from intvae.app.wandb_run import summary
+from intvae.app.wandb_names import MAX_GROUP, run_group
+from intvae.app.wandb_run import logger_settings, summary
 
 SWEEP = "sweep-2030"
 
@@ -24,18 +30,23 @@ def offline_runs(run_dir) -> list:
     return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """``intvae-train -m logger=wandb bound=ielbo seed=0,1``, offline, in this process."""
-    root = tmp_path_factory.mktemp("wandb")
+def train_offline(root, *overrides) -> None:
+    """``intvae-train logger=wandb <TINY> <overrides>``, offline, in this process, with its data
+    and W&B folders under ``root``."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("INTVAE_OFFLINE", "1")
         env.setenv("INTVAE_DATA_DIR", str(root / "data"))
         env.setenv("WANDB_MODE", "offline")
         env.setenv("WANDB_DIR", str(root))
-        env.setattr(sys, "argv", ["intvae.train", "-m", "logger=wandb", *TINY, "bound=ielbo",
-                                  f"hydra.sweep.dir={root / SWEEP}", "seed=0,1"])
+        env.setattr(sys, "argv", ["intvae.train", "logger=wandb", *TINY, *overrides])
         main()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """``intvae-train -m logger=wandb bound=ielbo seed=0,1``, offline, in this process."""
+    root = tmp_path_factory.mktemp("wandb")
+    train_offline(root, "-m", "bound=ielbo", f"hydra.sweep.dir={root / SWEEP}", "seed=0,1")
     return root / SWEEP
 
 
@@ -62,11 +73,128 @@ def test_seeds_share_a_group_and_names_carry_what_varies(sweep):
     (first, first_record, _), (second, second_record, _) = read(sweep / "0"), read(sweep / "1")
     assert (first.name, second.name) == ("seed=0", "seed=1")
     assert first_record.run_group == second_record.run_group
-    assert "bound=ielbo" in first_record.run_group and "seed" not in first_record.run_group
-    assert len(first_record.run_group) <= 128
+    record = {k: v for k, v in first.config.items()
+              if k not in ("config", "sweep_name", "_wandb")}
+    assert first_record.run_group == run_group(record)  # the record's, as W&B stores it
+    assert first_record.run_group.startswith("ielbo delta=0.01 K=2 gaussian hidden=64 latent=8 "
+                                             "elu synthetic #")
+    assert "seed" not in first_record.run_group and len(first_record.run_group) <= MAX_GROUP
     for record in (first_record, second_record):
         assert list(record.tags) == ["ielbo", "delta=0.01", f"sweep={SWEEP}"]
         assert record.job_type == "train"
+
+
+SPELLINGS = {
+    "experiment": ("experiment=recommended",),  # the IRELBO with alpha 0.5
+    "bound": ("bound=irelbo", "alpha=0.5"),
+    "typed_out": ("~experiment", "bound=irelbo", "bound.alpha=0.5", "optimizer.lr=1e-4",
+                  "trainer.gradient_clip_val=3"),  # no preset; the trainer's 3.0 as an int
+    "alpha": ("bound=irelbo", "alpha=2"),
+    "ielbo": ("bound=ielbo", "alpha=0.5"),
+    "ielbo_alpha": ("bound=ielbo", "alpha=2"),
+    "ielbo_delta": ("bound=ielbo", "delta=0.05"),
+}
+"""Runs (the directory's name: overrides): ``experiment``, ``bound`` and ``typed_out`` train one
+configuration, ``ielbo`` and ``ielbo_alpha`` another (the IELBO has no alpha). Single runs, not
+one sweep: a sweep trains a configuration once (``intvae.app.sweeps``)."""
+
+
+@pytest.fixture(scope="module")
+def spellings(tmp_path_factory) -> dict[str, str]:
+    """The W&B group of each run of ``SPELLINGS``, read back from its offline run file."""
+    root = tmp_path_factory.mktemp("spellings")
+    quick = ("evaluate.enabled=false", "~callbacks.figures")  # not in the record nor the group
+    for name, overrides in SPELLINGS.items():
+        train_offline(root, *quick, *overrides, f"hydra.run.dir={root / name}")
+    return {name: read(root / name)[1].run_group for name in SPELLINGS}
+
+
+def test_one_configuration_is_one_group_however_it_is_typed(spellings):
+    assert spellings["experiment"] == spellings["bound"] == spellings["typed_out"]
+    assert spellings["ielbo"] == spellings["ielbo_alpha"]
+    assert spellings["bound"].startswith("irelbo delta=0.01 alpha=0.5 K=2 ")
+    assert spellings["ielbo"].startswith("ielbo delta=0.01 K=2 ")
+
+
+def test_different_configurations_are_different_groups(spellings):
+    assert len({spellings[name] for name in ("bound", "alpha", "ielbo", "ielbo_delta")}) == 4
+    assert spellings["ielbo_delta"].startswith("ielbo delta=0.05 K=2 ")
+
+
+def test_the_group_is_the_record_less_seed_and_names():
+    record = {"bound": "irelbo", "delta": 0.01, "alpha": 2, "samples": 1, "likelihood": "gaussian",
+              "hidden": [200, 200], "latent": 25, "activation": "elu", "data": "mnist",
+              "lr": 1e-4, "noise": None, "seed": 0, "bound_config": "irelbo",
+              "experiment_config": "recommended"}
+    group = run_group(record)
+    assert re.fullmatch(r"irelbo delta=0\.01 alpha=2 K=1 gaussian hidden=200-200 latent=25 elu "
+                        r"mnist #[0-9a-f]{10}", group)
+    assert run_group({**record, "alpha": 2.0, "seed": 7, "bound_config": None,
+                      "experiment_config": "paper_irelbo_mnist"}) == group
+    assert run_group({**record, "lr": 3e-4}) != group  # not shown, but in the hash
+    wide, wider = (run_group({**record, "hidden": [1000] * 40 + [last]}) for last in (1, 2))
+    assert len(wide) == len(wider) == MAX_GROUP and re.search(r" #[0-9a-f]{10}$", wide)
+    assert wide[:-11] == wider[:-11] and wide != wider  # cut alike, told apart by the hash
+
+
+def test_a_configured_group_is_kept():
+    record = {"bound": "elbo", "delta": None, "alpha": None, "seed": 0}
+    wandb = {"group": None, "mode": "disabled"}
+    settings = logger_settings(OmegaConf.create({"logger": {"wandb": wandb}}), record, None,
+                               fresh=True)
+    assert settings["group"] == run_group(record) and "id" not in settings
+    mine = OmegaConf.create({"logger": {"wandb": {**wandb, "group": "mine"}}})
+    assert "group" not in logger_settings(mine, record, None, fresh=True)
+
+
+DOCUMENTS_WITH_FILTERS = ("README.md", "compare_bounds.ipynb", "intvae.report docstring",
+                          "intvae.report --help", "docs/configuration.md")
+"""The documents that give a W&B run filter for a sweep (``documented_filters``)."""
+
+
+def documented_filters(capsys) -> dict[str, list[dict]]:
+    """The W&B run filters the docs give for a sweep, by document: every JSON object holding
+    ``<sweep>`` in the README, ``docs/*.md``, the notebook, the report's docstring and its
+    ``--help``."""
+    import intvae.report.__main__ as report
+
+    with pytest.raises(SystemExit):
+        report.parse_args(["--help"])
+    notebook = nbformat.read(REPO / "notebooks" / "compare_bounds.ipynb", as_version=4)
+    texts = {"README.md": (REPO / "README.md").read_text(),
+             "compare_bounds.ipynb": "\n".join(cell.source for cell in notebook.cells),
+             "intvae.report docstring": report.__doc__,
+             "intvae.report --help": capsys.readouterr().out,
+             **{f"docs/{doc.name}": doc.read_text() for doc in (REPO / "docs").glob("*.md")}}
+    return {name: [json.loads(found) for found in
+                   re.findall(r'\{\s*"[^"{}]+"\s*:\s*"[^"{}]*<sweep>[^"{}]*"\s*\}', text)]
+            for name, text in texts.items()}
+
+
+def matches(query: dict, run: OfflineRun, record) -> bool:
+    """Whether W&B's run filter ``query`` (MongoDB-style, ``wandb.Api().runs``) selects the run:
+    the forms the docs use, ``config.<key>``, ``group`` and ``tags`` equal to a value."""
+    def field(key):
+        if key.startswith("config."):
+            return run.config.get(key.removeprefix("config."))
+        if key in ("group", "tags"):
+            return record.run_group if key == "group" else list(record.tags)
+        pytest.fail(f"a filter field this test cannot check: {key}")
+
+    return all(value in got if isinstance(got := field(key), list) else value == got
+               for key, value in query.items())
+
+
+def test_the_documented_filters_select_the_sweep(sweep, capsys):
+    filters = documented_filters(capsys)
+    assert all(filters[document] for document in DOCUMENTS_WITH_FILTERS), filters
+    runs = [read(sweep / job)[:2] for job in ("0", "1")]
+    for document, queries in filters.items():
+        for query in queries:
+            ours = json.loads(json.dumps(query).replace("<sweep>", SWEEP))
+            other = json.loads(json.dumps(query).replace("<sweep>", "another-sweep"))
+            assert all(matches(ours, *run) for run in runs), (document, query)
+            assert not any(matches(other, *run) for run in runs), (document, query)
 
 
 def test_the_id_is_stored_in_the_run_directory(sweep):
@@ -177,14 +305,17 @@ def test_the_comparison_view_is_built_offline():
     assert (view.entity, view.project, view.name) == ("me", "intvae", f"bounds {SWEEP}")
     assert view.runset_settings.filters == f"Config(\"sweep_name\") == '{SWEEP}'"
     assert build_workspace("me/intvae").runset_settings.filters == ""
-    assert [key.name for key in view.runset_settings.groupby] == ["bound"]
     panels = {section.name: section.panels for section in view.sections}
     lines = [p for p in panels["Bounds per epoch"] if isinstance(p, wr.LinePlot)]
-    assert [(p.x, p.y, p.groupby) for p in lines] == [
-        ("epoch", ["train/bound"], "bound"), ("epoch", ["val/bound"], "bound")]
+    assert [(p.x, p.y) for p in lines] == [("epoch", ["train/bound"]), ("epoch", ["val/bound"])]
     bars = [p for p in panels["Test log-likelihood"] if isinstance(p, wr.BarPlot)]
-    assert [(p.metrics, p.groupby) for p in bars] == [
-        (["test/log_likelihood"], "bound"), (["test/bits_per_dim"], "bound")]
+    assert [p.metrics for p in bars] == [["test/log_likelihood"], ["test/bits_per_dim"]]
+    # grouped by the W&B group (the configuration), in the runs table and the panels, as saved
+    model = view._to_model()
+    (runset,) = model.spec.section.run_sets
+    assert [(key.section, key.name) for key in runset.grouping] == [("run", "group")]
+    saved = json.dumps(model.model_dump(by_alias=True), default=str)
+    assert saved.count('"groupBy": "group"') == len(lines) + len(bars)
     scatters = [p for p in panels["Test log-likelihood"] if isinstance(p, wr.ScatterPlot)]
     assert {p.x.name for p in scatters} == {"delta"}
     (coordinates,) = panels["Parameters"]
@@ -194,7 +325,6 @@ def test_the_comparison_view_is_built_offline():
              if isinstance(p, wr.MediaBrowser) for key in p.media_keys]
     assert media == ["figures/decoder_std", "figures/reconstructions", "figures/prior_samples"]
     assert panels["Decoder std"][0].y == ["decoder/log10_std"]
-    assert view._to_model().spec  # serializes without a server
 
 
 def test_the_view_needs_entity_and_project(capsys):

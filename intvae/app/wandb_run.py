@@ -1,15 +1,18 @@
 """The W&B run of a training run (``logger=wandb``): its settings, its summary, re-evaluations.
 
 * ``logger_settings``: what the app adds to ``conf/logger/wandb.yaml``: the tags (bound, delta,
-  alpha, ``sweep=<name>``), the config key ``sweep_name`` and the run's id, stored in
+  alpha, ``sweep=<name>``), the config key ``sweep_name``, the group (the configuration the run
+  trained, from its record: ``intvae.app.wandb_names.run_group``) and the run's id, stored in
   ``<run dir>/wandb_id`` (``intvae.app.config.run_id``: new for a fresh run, the stored one on
-  resume). The name and group come from the config (``intvae.app.wandb_names``).
+  resume). The name comes from the config (``${intvae.run_name:}``).
 * ``WandbLogger``: Lightning's, with ``val/bound`` summarized by its maximum (the best epoch).
 * ``finish``: at the end of a run, the results the app recorded (``results.json``) written to
   the summary (``summary``: final bounds, log-likelihood with its K, bits per dimension,
   non-finite steps, smallest decoder std, wall time, status), then ``wandb.finish``.
 * ``add_evaluation``: ``intvae-evaluate`` adds its result to the summary of the run's W&B run,
-  offline by resuming the offline run, online through ``wandb.Api()``.
+  offline by resuming the offline run, online through ``wandb.Api()``: as in ``results.json``,
+  only the whole test split under the ``test/`` keys, any other evaluation under
+  ``evaluations/<key>/`` (``evaluation_summary``).
 """
 
 import os
@@ -22,9 +25,8 @@ from omegaconf import DictConfig
 from intvae.app.config import WANDB_ID_FILE, run_id
 from intvae.app.record import tags
 from intvae.app.resume import launched_rank
-from intvae.app.wandb_names import sweep_name
-
-SPLITS = ("test", "val")
+from intvae.app.runs import EVALUATIONS, evaluation_split
+from intvae.app.wandb_names import run_group, sweep_name
 
 
 class WandbLogger(LightningWandbLogger):
@@ -45,29 +47,36 @@ class WandbLogger(LightningWandbLogger):
 
 def logger_settings(cfg: DictConfig, record: dict, output_dir: Path, fresh: bool) -> dict:
     """The keyword arguments the app adds to the ``wandb`` logger of ``cfg`` (module
-    docstring); the id only where W&B is on, no id is configured, on the launching rank."""
+    docstring): the group where none is configured (``logger.wandb.group``); the id only where
+    W&B is on, no id is configured, on the launching rank."""
     sweep = sweep_name()
     settings = {"tags": tags(record) + ([f"sweep={sweep}"] if sweep else []),
                 "sweep": sweep}
     wandb = (cfg.get("logger") or {}).get("wandb")
+    if (wandb or {}).get("group") is None:
+        settings["group"] = run_group(record)
     if (wandb is not None and wandb.get("id") is None and wandb.get("mode") != "disabled"
             and launched_rank() == 0):
         settings["id"] = run_id(output_dir, fresh)
     return settings
 
 
-def evaluation_summary(fields: dict) -> dict:
+def evaluation_summary(fields: dict, key: str | None = None) -> dict:
     """The W&B summary keys of an evaluation's ``results.json`` fields
-    (``intvae.app.evaluate.evaluate``): ``<split>/log_likelihood`` (and ``_bins``),
-    ``<split>/bits_per_dim``, ``<split>/k`` and ``<split>/images``."""
-    split = next((s for s in SPLITS if f"{s}_log_likelihood" in fields), None)
+    (``intvae.app.evaluate.evaluate``), placed as ``results.json`` places them
+    (``intvae.app.runs.place_evaluation``): at the top level (``key`` None: the run's test
+    result) ``<split>/log_likelihood`` (and ``_bins``), ``<split>/bits_per_dim``, ``<split>/k``
+    and ``<split>/images``; kept apart under ``evaluations[key]`` (a validation or partial
+    evaluation) ``evaluations/<key>/log_likelihood`` and so on, never the test keys."""
+    split = evaluation_split(fields)
     if split is None:
         return {}
-    keys = {"log_likelihood": f"{split}_log_likelihood",
-            "log_likelihood_bins": f"{split}_log_likelihood_bins",
-            "bits_per_dim": "bits_per_dim", "k": "k", "images": "eval_images"}
-    return {f"{split}/{key}": fields[name] for key, name in keys.items()
-            if fields.get(name) is not None}
+    prefix = split if key is None else f"{EVALUATIONS}/{key}"
+    names = {"log_likelihood": f"{split}_log_likelihood",
+             "log_likelihood_bins": f"{split}_log_likelihood_bins",
+             "bits_per_dim": "bits_per_dim", "k": "k", "images": "eval_images"}
+    return {f"{prefix}/{name}": fields[field] for name, field in names.items()
+            if fields.get(field) is not None}
 
 
 RESULT_KEYS = {"val/bound_final": "val_bound", "test/bound": "test_bound",
@@ -79,14 +88,18 @@ RESULT_KEYS = {"val/bound_final": "val_bound", "test/bound": "test_bound",
 
 
 def summary(results: dict) -> dict:
-    """The W&B summary of a run's results (module docstring); ``decoder/std_min`` is the
-    smallest decoder standard deviation seen (training or test)."""
+    """The W&B summary of a run's results (module docstring), each evaluation under the keys
+    of its place (``evaluation_summary``); ``decoder/std_min`` is the smallest decoder
+    standard deviation seen (training or test)."""
     values = {key: results[name] for key, name in RESULT_KEYS.items()
               if results.get(name) is not None}
     stds = [results[k] for k in ("train_std_min", "test_std_min") if results.get(k) is not None]
     if stds:
         values["decoder/std_min"] = min(stds)
-    return {**values, **evaluation_summary(results)}
+    values.update(evaluation_summary(results))
+    for key, fields in (results.get(EVALUATIONS) or {}).items():
+        values.update(evaluation_summary(fields, key))
+    return values
 
 
 def finish(results: dict) -> None:
@@ -99,15 +112,17 @@ def finish(results: dict) -> None:
     wandb.finish(exit_code=0 if results.get("status") == "completed" else 1)
 
 
-def add_evaluation(run_dir: Path, config: DictConfig, fields: dict) -> bool:
-    """Add an evaluation's fields (``evaluation_summary``) to the summary of the W&B run of
-    ``run_dir`` (its ``wandb_id``), with the run's logger settings (``config.logger.wandb``):
+def add_evaluation(run_dir: Path, config: DictConfig, fields: dict,
+                   key: str | None = None) -> bool:
+    """Add an evaluation's fields to the summary of the W&B run of ``run_dir`` (its
+    ``wandb_id``), under the keys of their place in ``results.json``, ``key`` (None: the top
+    level; ``evaluation_summary``), with the run's logger settings (``config.logger.wandb``):
     offline (``WANDB_MODE`` or the run's ``mode``) by resuming the offline run into
     ``<run dir>/wandb``, online through ``wandb.Api()``. Whether it was added: not for a run
     logged without W&B."""
     settings = (config.get("logger") or {}).get("wandb")
     id_file = Path(run_dir) / WANDB_ID_FILE
-    values = evaluation_summary(fields)
+    values = evaluation_summary(fields, key)
     mode = os.environ.get("WANDB_MODE") or (settings or {}).get("mode") or "offline"
     if settings is None or not id_file.is_file() or not values or mode == "disabled":
         return False

@@ -9,7 +9,8 @@ A run directory is what ``python -m intvae.train`` writes (``results.json``, ``c
 to every run directory beneath it. Runs are labelled by their directory names (made unique by
 their parents' names where needed) or by ``--labels``. ``--wandb`` reads runs logged with
 ``logger=wandb`` from the W&B API instead of, or besides, directories (``--wandb-filter``: a
-MongoDB-style JSON filter of ``wandb.Api().runs``, e.g. ``'{"group": "2024-05-01_12-00-00"}'``).
+MongoDB-style JSON filter of ``wandb.Api().runs``, e.g. ``'{"config.sweep_name": "<sweep>"}'``
+for the runs of one sweep, ``<sweep>`` its directory's name such as ``2024-05-01_12-00-00``).
 
 Written into ``--out``, and nowhere else (except that a dataset missing from the data cache is
 fetched into it, as for training):
@@ -105,7 +106,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-root", help="data directory (replaces the runs' data.root)")
     parser.add_argument("--images", type=int, default=10, help="images per reconstruction row")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from W&B")
-    parser.add_argument("--wandb-filter", metavar="JSON", help="MongoDB-style run filter")
+    parser.add_argument("--wandb-filter", metavar="JSON", help="MongoDB-style run filter, "
+                        "e.g. '{\"config.sweep_name\": \"<sweep>\"}'")
     parser.add_argument("--reference", nargs="+", metavar="NAME",
                         help="configurations to compare the others with in seeds.md")
     args = parser.parse_args(argv)

@@ -5,11 +5,15 @@ views (``wandb-workspaces``, the ``wandb-views`` extra: ``pip install 'intvae[wa
 
 builds the view (``build_workspace``) and saves it to W&B (needs network access and an API
 key), printing its address. Its runs are filtered by the config key ``sweep_name``
-(``--sweep``; W&B's own ``sweep`` is a run attribute) and grouped by ``bound``, so that seeds
-aggregate into one line with a band. Sections:
+(``--sweep``; W&B's own ``sweep`` is a run attribute) and grouped, in the runs table and in
+every panel, by their W&B group (``GROUP_BY``), which is their configuration (bound, delta,
+alpha, K, likelihood, network, data, ...: ``intvae.app.wandb_names.run_group``): the seeds of
+one configuration aggregate into one line or bar with a band, and configurations that differ in
+anything but their seed (a delta, an alpha, a dataset) stay apart. Sections:
 
 * bounds per epoch: ``train/bound`` and ``val/bound`` against ``epoch``;
-* test: ``test/log_likelihood`` and ``test/bits_per_dim`` by bound, and against ``delta``;
+* test: ``test/log_likelihood`` and ``test/bits_per_dim`` by configuration, and against
+  ``delta``;
 * parallel coordinates over ``delta``, ``alpha``, ``bound`` and bits per dimension;
 * decoder std: the histograms ``decoder/log10_std`` and the figures ``figures/decoder_std``;
 * images: ``figures/reconstructions`` and ``figures/prior_samples``.
@@ -17,6 +21,9 @@ aggregate into one line with a band. Sections:
 
 import argparse
 import sys
+
+GROUP_BY = "Group"
+"""The run attribute the view groups by: W&B's group (``wandb-workspaces`` names it ``Group``)."""
 
 
 def _library():
@@ -33,8 +40,8 @@ def sections() -> list:
     """The view's sections (module docstring)."""
     wr, ws = _library()
     per_epoch = [wr.LinePlot(title=f"{split} bound per epoch", x="epoch", y=[f"{split}/bound"],
-                             groupby="bound") for split in ("train", "val")]
-    test = [wr.BarPlot(title=title, metrics=[metric], groupby="bound")
+                             groupby=GROUP_BY) for split in ("train", "val")]
+    test = [wr.BarPlot(title=title, metrics=[metric], groupby=GROUP_BY)
             for title, metric in (("test log-likelihood", "test/log_likelihood"),
                                   ("bits per dimension", "test/bits_per_dim"))]
     test += [wr.ScatterPlot(title=f"{metric} against delta", x=wr.Config("delta"),
@@ -65,7 +72,7 @@ def build_workspace(project: str, sweep: str | None = None, name: str | None = N
     if not entity or not project_name or "/" in project_name:
         raise ValueError(f"--project {project}: expected ENTITY/PROJECT")
     settings = ws.RunsetSettings(filters=ws.And(ws.Config("sweep_name") == sweep) if sweep
-                                 else [], groupby=[ws.Config("bound")])
+                                 else [], groupby=[ws.Metric(GROUP_BY)])
     return ws.Workspace(entity=entity, project=project_name,
                         name=name or f"bounds {sweep or 'all runs'}", sections=sections(),
                         runset_settings=settings)
