@@ -66,7 +66,7 @@ def test_a_partial_reevaluation_is_kept_apart(run_64):
     assert before["k"] == 4 and before["eval_images"] == 64
     results = reevaluate(f"run={run_64}", "samples=3", "limit_batches=1", "compile=false")
     assert top_level(results) == before and before["eval_whole_split"] is True
-    key = "test k=3 images=32 Fixed(delta=0.01)"
+    key = "test k=3 images=32 Fixed(delta=0.01) best.ckpt"
     assert list(results[EVALUATIONS]) == [key]
     entry = results[EVALUATIONS][key]
     assert (entry["k"], entry["eval_images"], entry["eval_whole_split"]) == (3, 32, False)
@@ -75,7 +75,7 @@ def test_a_partial_reevaluation_is_kept_apart(run_64):
     assert results_of(run_64) == results
     results = reevaluate(f"run={run_64}", "samples=2", "limit_batches=1", "compile=false")
     results = reevaluate(f"run={run_64}", "samples=3", "limit_batches=1", "compile=false")
-    assert sorted(results[EVALUATIONS]) == ["test k=2 images=32 Fixed(delta=0.01)", key]
+    assert sorted(results[EVALUATIONS]) == ["test k=2 images=32 Fixed(delta=0.01) best.ckpt", key]
     assert untimed(results[EVALUATIONS][key]) == untimed(entry)  # seeded: the same again
     assert top_level(results) == before
 
@@ -87,7 +87,7 @@ def test_a_validation_reevaluation_is_kept_apart(run_64, caplog):
     with caplog.at_level(logging.INFO, logger="intvae.app.evaluate"):
         results = reevaluate(f"run={run_64}", "samples=3", "split=val", "compile=false")
     assert top_level(results) == before
-    key = "val k=3 images=32 Fixed(delta=0.01)"
+    key = "val k=3 images=32 Fixed(delta=0.01) best.ckpt"
     entry = results[EVALUATIONS][key]
     assert entry["eval_split"] == "val" and entry["eval_whole_split"] is True
     assert math.isfinite(entry["val_log_likelihood"]) and "test_log_likelihood" not in entry
@@ -102,7 +102,8 @@ def test_a_full_test_reevaluation_replaces_the_test_result_and_keeps_the_previou
     before = results_of(run_64)
     with caplog.at_level(logging.INFO, logger="intvae.app.evaluate"):
         results = reevaluate(f"run={run_64}", "samples=3", "compile=false")
-    old, new = "test k=4 images=64 Fixed(delta=0.01)", "test k=3 images=64 Fixed(delta=0.01)"
+    old = "test k=4 images=64 Fixed(delta=0.01) best.ckpt"
+    new = "test k=3 images=64 Fixed(delta=0.01) best.ckpt"
     assert results["k"] == 3 and results["eval_images"] == 64
     assert list(results[EVALUATIONS]) == [old]
     kept = results[EVALUATIONS][old]
@@ -120,7 +121,7 @@ def test_a_partial_evaluation_at_the_end_of_training_is_kept_apart(compose_train
     """``evaluate.limit_batches=1`` in training (as ``debug=fdr`` sets it): no test result at
     the top level, and the loggers get it under its own keys, not ``test/log_likelihood``."""
     results = train(compose_train(*TEST_64, "evaluate.limit_batches=1"))
-    key = "test k=4 images=32 Fixed(delta=0.01)"
+    key = "test k=4 images=32 Fixed(delta=0.01) best.ckpt"
     assert "test_log_likelihood" not in results and "k" not in results
     assert results[EVALUATIONS][key]["eval_images"] == 32
     assert results_of(tmp_path / "run") == results
@@ -167,7 +168,7 @@ def test_non_finite_numbers_of_an_evaluation_kept_apart_are_flagged_in_it(tmp_pa
     finite = {**diverged, "test_log_likelihood": -7.0, "k": 5}
     written = runs.write_results(path, runs.place_evaluation(written, finite)[0])
     assert written["non_finite_fields"] == ["val_bound"] and written["k"] == 5
-    moved = written[EVALUATIONS]["test k=2 images=3 Fixed(delta=0.01)"]
+    moved = written[EVALUATIONS]["test k=2 images=3 Fixed(delta=0.01)"]  # no checkpoint named
     assert moved["non_finite_fields"] == ["test_log_likelihood"]
     assert moved["test_log_likelihood_bins"] == -1.0
     assert json.loads(path.read_text()) == written

@@ -47,7 +47,8 @@ def test_a_reused_sweep_directory_refuses_the_runs_of_other_settings(monkeypatch
         assert (folder / job / "results.json").read_bytes() == before[job]
     summary = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(summary) == 1 and "2 job(s) of the sweep" in summary[0], err[-3000:]
-    assert 'bound ("ielbo" -> "irelbo")' in summary[0] and "alpha (null -> 0.5)" in summary[0]
+    assert ('bound._target_ ("intvae.bounds.IELBO" -> "intvae.bounds.IRELBO")' in summary[0]
+            and 'bound.alpha ("absent" -> 0.5)' in summary[0])
     assert "seed (1 -> 0)" in summary[0]  # job 1 held seed 1; the new sweep's seed is 0
     status, err = sweep(monkeypatch, capsys, folder, "bound=irelbo", "alpha=0.5,2",
                         "overwrite=true")
@@ -73,6 +74,53 @@ def test_a_sweep_trains_each_configuration_once(monkeypatch, capsys, app_env, tm
     status, err = sweep(monkeypatch, capsys, folder, *overrides)
     assert status == 0 and "1 (= job 0)" in err, err[-3000:]
     assert {job: (folder / job / "results.json").read_bytes() for job in trained} == trained
+    status, err = sweep(monkeypatch, capsys, folder, "bound=ielbo", "alpha=0.5")  # a smaller grid
+    assert status == 0, err[-3000:]  # the jobs of earlier invocations are not this one's
+
+
+def test_the_sweep_notes_claims_and_copies_across_invocations(tmp_path):
+    """A rerun after a parallel sweep, in which a later job trained the configuration: the
+    earlier job, whose directory holds no run, is the copy of the one whose directory does."""
+    from intvae.app.sweeps import claim, read_notes, start_notes
+
+    sweep_dir = tmp_path / "sweep"
+    for job in (0, 1):
+        (sweep_dir / str(job)).mkdir(parents=True)
+    start_notes(sweep_dir)
+    assert claim(sweep_dir, 1, "K", sweep_dir / "1") is None  # job 1 came first
+    assert claim(sweep_dir, 0, "K", sweep_dir / "0")["job"] == 1
+    (sweep_dir / "1" / "results.json").write_text("{}")
+    start_notes(sweep_dir)  # the rerun, one job at a time
+    assert read_notes(sweep_dir) == {}
+    assert claim(sweep_dir, 0, "K", sweep_dir / "0")["job"] == 1
+    assert claim(sweep_dir, 1, "K", sweep_dir / "1") is None
+    assert read_notes(sweep_dir)[0]["copy_of"] == 1
+
+
+def test_a_damaged_notes_file_is_one_line(tmp_path):
+    from intvae.app.errors import ConfigError
+    from intvae.app.sweeps import read_notes
+
+    (tmp_path / "jobs.json").write_text("{broken")
+    with pytest.raises(ConfigError, match=r"jobs.json cannot be read .*remove it"):
+        read_notes(tmp_path)
+
+
+def test_a_copy_waits_for_the_run_it_repeats(tmp_path):
+    """Under a parallel launcher the run a copy repeats may still be training: the copy waits
+    for its directory's lock before reading its result."""
+    import threading
+
+    from intvae.app.files import RunLock
+
+    lock = RunLock(tmp_path).acquire()
+    waited = threading.Event()
+    waiter = threading.Thread(target=lambda: (RunLock(tmp_path).wait(), waited.set()))
+    waiter.start()
+    assert not waited.wait(0.3)
+    lock.release()
+    assert waited.wait(10)
+    waiter.join()
 
 
 def test_every_job_returns_a_number_to_the_sweeper(compose_train, tmp_path):
@@ -101,7 +149,8 @@ def test_a_resumed_run_keeps_its_settings_and_may_train_longer(compose_train, tm
     train(compose_train(*QUICK, "bound=ielbo"))
     killed = {**results_of(run), "status": "interrupted"}
     (run / "results.json").write_text(json.dumps(killed))
-    with pytest.raises(RefusedRunError, match=r'bound \("ielbo" -> "irelbo"\), alpha \(null '
+    with pytest.raises(RefusedRunError, match=r'bound._target_ \("intvae.bounds.IELBO" -> '
+                                              r'"intvae.bounds.IRELBO"\), bound.alpha \("absent" '
                                               r'-> 0.5\).*overwrite=true'):
         train(compose_train(*QUICK, "bound=irelbo"))
     assert results_of(run) == killed
@@ -109,3 +158,47 @@ def test_a_resumed_run_keeps_its_settings_and_may_train_longer(compose_train, tm
     assert longer["status"] == "completed" and longer["epochs"] == 2
     assert longer["max_epochs"] == 2 and longer["resumed_from"] == str(run / "checkpoints" /
                                                                        "last.ckpt")
+
+
+SAME = [
+    (["bound=ielbo", "alpha=0.5"], ["bound=ielbo", "alpha=2"]),  # the IELBO has no alpha
+    (["bound=irelbo", "alpha=2"], ["bound=irelbo", "alpha=2.0"]),
+    (["optimizer.lr=1e-4"], ["optimizer.lr=0.0001"]),
+    (["delta=0.05"], ["interval.delta=0.05"]),
+    (["samples=5", "bound=iwae"], ["bound=iwae", "bound.samples=5"]),
+    (["trainer.precision=32"], ["trainer.precision=32-true"]),
+    ([], ["threads=2", "compile=false", "logger=tensorboard", "callbacks.figures.num_images=3",
+          "evaluate.chunk_elements=1000", "trainer.enable_progress_bar=false"]),
+]
+DIFFERENT = [
+    (["model.bias_init=0.1"], ["model.bias_init=0.0"]),
+    (["trainer.limit_train_batches=1"], ["trainer.limit_train_batches=1.0"]),
+    (["bound=elbo", "delta=0.01"], ["bound=elbo", "delta=0.05"]),  # evaluated under its interval
+    (["data.sizes.train=64"], ["data.sizes.train=128"]),
+    (["guard.mode=skip"], ["guard.mode=stop"]),
+    (["evaluate.samples=4"], ["evaluate.samples=8"]),
+    (["seed=0"], ["seed=1"]),
+]
+
+
+@pytest.mark.parametrize("first, second", SAME + DIFFERENT)
+def test_settings_tell_runs_apart_by_what_they_train_and_evaluate(first, second, compose_train):
+    """Two spellings of one run have the same settings (and digest); a setting that changes
+    what is trained or evaluated, whether or not the record names it, makes them differ."""
+    from intvae.app.settings import changes, digest, settings
+
+    one, two = (settings(compose_train(*QUICK, *overrides)) for overrides in (first, second))
+    same = (first, second) in SAME
+    assert (changes(one, two) == {}) == same, changes(one, two)
+    assert (digest(one) == digest(two)) == same
+
+
+def test_a_resumed_run_may_train_longer_not_shorter():
+    from intvae.app.settings import changes
+
+    for before, after, allowed in [(2, 3, True), (2, -1, True), (2, 1, False), (-1, 5, False)]:
+        found = changes({"trainer.max_epochs": before}, {"trainer.max_epochs": after},
+                        resuming=True)
+        assert (found == {}) == allowed, (before, after)
+    assert changes({"evaluate.samples": 4}, {"evaluate.samples": 8}, resuming=True) == {}
+    assert changes({"evaluate.samples": 4}, {"evaluate.samples": 8}) != {}

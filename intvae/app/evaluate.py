@@ -174,7 +174,8 @@ def reevaluate(cfg: DictConfig) -> dict:
     fields = evaluate(vae, interval, datamodule, cfg.samples, device, cfg.split,
                       cfg.chunk_elements, cfg.limit_batches, bits_per_dim=cfg.bits_per_dim)
     before = read_results(path)
-    results, key = place_evaluation(before, {**fields, "checkpoint": str(ckpt)})
+    weights = cfg.checkpoint if Path(cfg.run).expanduser().is_dir() else str(ckpt)
+    results, key = place_evaluation(before, {**fields, "checkpoint": str(ckpt), "weights": weights})
     results = write_results(path, results)
     log.info("%s", where_written(path, before, results, key))
     wandb_run.add_evaluation(run_dir, config, fields, key)  # the run's W&B summary, if any

@@ -107,6 +107,17 @@ class RunLock:
         self._fd = fd
         return self
 
+    def wait(self) -> None:
+        """Wait until no process holds the lock (a run in the directory has ended)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -92,32 +92,8 @@ def tags(record: dict) -> list[str]:
 
 NAMES = tuple(f"{group}_config" for group in RECORD_GROUPS)
 """The record's names of the chosen config options: how a configuration was spelled, not what
-ran (``bound=irelbo`` and an experiment choosing the same IRELBO run alike); left out of every
-comparison of records."""
-LENGTH = ("max_epochs", "max_steps")
-"""Record keys that a resumed run may change: how long it trains, not what."""
-
-
-def as_stored(record: dict) -> dict:
-    """The record as ``results.json`` holds it (JSON: tuples as lists)."""
-    return json.loads(json.dumps(record))
-
-
-def differences(stored: dict, record: dict, allowed: tuple[str, ...] = ()) -> dict:
-    """The keys of ``record`` whose value differs from a run's stored record ``stored`` (its
-    ``results.json``), as ``{key: (stored value, new value)}``: the keys both hold (an older
-    record lacks newer keys), less ``NAMES`` and ``allowed``."""
-    new = as_stored(record)
-    return {key: (stored[key], value) for key, value in new.items()
-            if key in stored and key not in NAMES and key not in allowed and stored[key] != value}
-
-
-def describe_differences(found: dict) -> str:
-    """``bound (ielbo -> irelbo), alpha (null -> 0.5)``."""
-    return ", ".join(f"{key} ({json.dumps(old)} -> {json.dumps(new)})"
-                     for key, (old, new) in found.items())
-
-
+ran (``bound=irelbo`` and an experiment choosing the same IRELBO run alike); left out of
+``identity``."""
 def canonical(value):
     """A record value in one spelling: numbers as floats (``alpha=2`` and ``alpha=2.0``,
     ``gradient_clip_val=3`` and ``3.0`` train the same), lists and dicts item by item."""
@@ -130,10 +106,9 @@ def canonical(value):
     return value
 
 
-def identity(record: dict, **extra) -> str:
-    """A digest of the record less ``NAMES``, with ``extra`` settings, in one spelling
-    (``canonical``): equal for jobs that would train (and with ``extra``, evaluate) the same
-    run, however their overrides were typed."""
+def identity(record: dict) -> str:
+    """A digest of the record less ``NAMES``, in one spelling (``canonical``): equal for runs
+    that were built alike, however their overrides were typed."""
     kept = {key: value for key, value in record.items() if key not in NAMES}
-    text = json.dumps(canonical({**kept, **extra}), sort_keys=True)
+    text = json.dumps(canonical(kept), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

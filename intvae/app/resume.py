@@ -47,8 +47,8 @@ import torch
 from intvae.app.config import OVERWRITTEN, overwritten_runs
 from intvae.app.errors import ConfigError
 from intvae.app.files import LOCK_FILE
-from intvae.app.record import LENGTH, describe_differences, differences
 from intvae.app.runs import LAST_CHECKPOINT, RESULTS_FILE, read_checkpoint, read_results
+from intvae.app.settings import changes, describe_changes, stored_settings
 from intvae.data.batching import derive_seed
 
 log = logging.getLogger(__name__)
@@ -123,32 +123,35 @@ def continue_finished(output_dir: Path, ckpt: Path, checkpoint: dict, max_epochs
              output_dir, target)
 
 
-def changed(output_dir: Path, record: dict | None, allowed: tuple[str, ...] = ()) -> str:
-    """How the stored record of the run in ``output_dir`` (its ``results.json``) differs from
-    ``record``, the run this command would train, in keys other than ``allowed``
-    (``intvae.app.record.differences``); empty if it does not, or either is missing."""
-    stored = read_results(output_dir / RESULTS_FILE) if record else {}
-    return describe_differences(differences(stored, record, allowed)) if stored else ""
+def changed(output_dir: Path, run_settings: dict | None, resuming: bool) -> dict:
+    """How the settings of the run in ``output_dir`` (its ``config.yaml``) differ from
+    ``run_settings``, this command's (``intvae.app.settings.changes``); empty where they do not,
+    or either is missing."""
+    old = stored_settings(output_dir) if run_settings is not None else None
+    return {} if old is None else changes(old, run_settings, resuming)
 
 
-def refused(output_dir: Path, which: str, found: str) -> RefusedRunError:
-    """The refusal of a run in ``output_dir`` whose record differs (``changed``)."""
+def refused(output_dir: Path, which: str, found: dict) -> RefusedRunError:
+    """The refusal of a run in ``output_dir`` whose settings differ (``changed``)."""
+    hint = (f"; intvae-evaluate run={output_dir} evaluates it with other settings"
+            if all(key.startswith("evaluate.") for key in found) else "")
     return RefusedRunError(
-        f"hydra.run.dir={output_dir} is invalid: {which} was trained with other settings than "
-        f"this command's: {found}; overwrite=true moves it aside and starts again, or choose "
-        "another hydra.run.dir (hydra.sweep.dir with -m), with ckpt_path=<its checkpoint> to "
-        "branch from it")
+        f"hydra.run.dir={output_dir} is invalid: {which} has other settings than this "
+        f"command's: {describe_changes(found)}{hint}; overwrite=true moves it aside and starts "
+        "again, or choose another hydra.run.dir (hydra.sweep.dir with -m), with ckpt_path=<its "
+        "checkpoint> to branch from it")
 
 
 def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None = None,
                      resume: str = "auto", overwrite: bool = False,
-                     max_epochs: int = -1, record: dict | None = None) -> str | None:
+                     max_epochs: int = -1, run_settings: dict | None = None) -> str | None:
     """The checkpoint the run in ``output_dir`` starts from (None: a new run), after checking
-    it can be read; see the module docstring. ``record``: the record of the run this command
-    would train (``intvae.app.record``); a run in ``output_dir`` whose stored record differs is
-    never skipped as finished nor continued (``RefusedRunError`` naming the keys), except that
-    a resumed or continued run may change its length (``LENGTH``). Raises ``FinishedRunError``
-    for a finished run of the same record in ``output_dir`` (unless ``overwrite``),
+    it can be read; see the module docstring. ``run_settings``: the settings of the run this
+    command would train (``intvae.app.settings``); a run in ``output_dir`` with other settings
+    is never skipped as finished nor continued (``RefusedRunError`` naming the keys), except
+    that a resumed or continued run may train longer and evaluate otherwise. Raises
+    ``FinishedRunError`` for a finished run of the same settings in ``output_dir`` (unless
+    ``overwrite``),
     ``ConfigError`` for an unreadable checkpoint, a bad ``resume`` or ``overwrite``, or
     ``ckpt_path`` into a finished run with no epoch left to train (``continue_finished``). Only
     the main process (rank 0) moves files; the other ranks of a DDP run see the directory as
@@ -164,7 +167,7 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
                               "overwrite starts a new run, ckpt_path continues one")
         ckpt = Path(ckpt_path).expanduser().resolve()
         checkpoint = read_checkpoint(ckpt, "ckpt_path")
-        if found := changed(output_dir, record, LENGTH):
+        if found := changed(output_dir, run_settings, resuming=True):
             raise refused(output_dir, "the run ckpt_path continues", found)
         if finished(output_dir) and launched_rank() == 0:
             continue_finished(output_dir, ckpt, checkpoint, max_epochs)
@@ -173,7 +176,7 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
     last = output_dir / LAST_CHECKPOINT
     if finished(output_dir) and main_process:
         if not overwrite:
-            if found := changed(output_dir, record):
+            if found := changed(output_dir, run_settings, resuming=False):
                 raise refused(output_dir, "the finished run it holds", found)
             raise FinishedRunError(
                 f"hydra.run.dir={output_dir} is invalid: it holds a finished run (results.json: "
@@ -192,7 +195,7 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
                 "choose another hydra.run.dir")
         move_aside(output_dir)
         return None
-    if found := changed(output_dir, record, LENGTH):
+    if found := changed(output_dir, run_settings, resuming=True):
         if not overwrite:
             raise refused(output_dir, f"the unfinished run it holds ({last})", found)
         if main_process:

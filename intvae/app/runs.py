@@ -18,12 +18,12 @@ by nothing else: ``test_log_likelihood`` (log P(I) estimated with ``k`` importan
 decoder), ``eval_seconds``; ``checkpoint`` names the weights. **Other evaluations**, of the
 validation split or of part of a split (``limit_batches``), are kept apart under
 ``evaluations[<key>]`` with the same fields (``val_log_likelihood`` for the validation split) and
-their ``checkpoint``; the key names split, K, images and intervals, e.g.
-``"val k=100 images=10000 Fixed(delta=0.01)"`` (``evaluation_key``), and repeating an evaluation
-replaces only its own entry. A new test result moves the one it replaces into ``evaluations``
-under its key (``place_evaluation``), so no result is lost. JSON has no NaN: a non-finite number
-is written as null and its key listed in ``non_finite_fields`` (an entry of ``evaluations`` has
-its own), so that a diverged value is visible instead of silently missing.
+their ``checkpoint``; the key names split, K, images, intervals and checkpoint, e.g.
+``"val k=100 images=10000 Fixed(delta=0.01) best.ckpt"`` (``evaluation_key``), and repeating an
+evaluation replaces only its own entry. A new test result moves the one it replaces into
+``evaluations`` under its key (``place_evaluation``), so no result is lost. JSON has no NaN: a
+non-finite number is written as null and its key listed in ``non_finite_fields`` (an entry of
+``evaluations`` has its own), so that a diverged value is visible instead of silently missing.
 
 **Checkpoints.** Every checkpoint the apps read (``ckpt_path=``, ``resume=auto``,
 ``intvae-evaluate run=``, the report) goes through ``read_checkpoint``. It first checks the
@@ -140,12 +140,14 @@ def evaluation_split(fields: dict) -> str | None:
 
 
 def evaluation_key(fields: dict) -> str:
-    """An evaluation's key in ``evaluations``: its split, K, images and interval (``density``
-    for log p(x)), e.g. ``val k=100 images=10000 Fixed(delta=0.01)``; what tells two evaluations
-    of a run apart, so that repeating one replaces only its own entry."""
+    """An evaluation's key in ``evaluations``: its split, K, images, interval (``density`` for
+    log p(x)) and checkpoint file, e.g. ``val k=100 images=10000 Fixed(delta=0.01) best.ckpt``;
+    what tells two evaluations of a run apart, so that repeating one replaces only its own
+    entry."""
     interval = fields.get("eval_interval") or fields.get("log_likelihood_kind")
+    weights = f" {Path(fields['checkpoint']).name}" if fields.get("checkpoint") else ""
     return (f"{evaluation_split(fields)} k={fields.get('k')} images={fields.get('eval_images')} "
-            f"{interval}")
+            f"{interval}{weights}")
 
 
 def evaluation_place(fields: dict) -> str | None:

@@ -20,51 +20,86 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from intvae.app.errors import ConfigError, describe
 from intvae.app.files import write_text
 from intvae.app.runs import RESULTS_FILE, read_results
 
 JOBS_FILE = "jobs.json"
-"""The file of a sweep directory holding a note per job (by job number), written under the
-sweep's lock (``jobs.json.lock``): ``claim`` (the configuration's digest and ``output_dir``),
-``copy_of`` (the job it repeats) or ``refused`` (why the job left the run in its directory
-untouched)."""
+"""The file of a sweep directory where its jobs leave notes, written under the sweep's lock
+(``jobs.json.lock``): ``notes``, one per job of the current invocation of the sweep (its
+``output_dir``, and ``claim``: the digest of its settings, ``copy_of``: the job whose run it
+repeats, or ``refused``: why it left the run in its directory untouched), and ``runs``, the
+digest of the settings each job's directory was last claimed for, kept across invocations."""
 
 
 def _lock(sweep_dir: Path) -> FileLock:
     return FileLock(sweep_dir / f"{JOBS_FILE}.lock")
 
 
+def _read(sweep_dir: Path) -> dict:
+    path = sweep_dir / JOBS_FILE
+    try:
+        found = json.loads(path.read_text()) if path.is_file() else {}
+        return {part: {int(job): value for job, value in found.get(part, {}).items()}
+                for part in ("notes", "runs")}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError) as error:
+        raise ConfigError(f"{path} cannot be read ({type(error).__name__}: {error}); remove it "
+                          "and run the sweep again") from error
+
+
+def _write(sweep_dir: Path, jobs: dict) -> None:
+    write_text(sweep_dir / JOBS_FILE, json.dumps(
+        {part: {str(job): value for job, value in sorted(jobs[part].items())}
+         for part in ("notes", "runs")}, indent=1))
+
+
 def read_notes(sweep_dir: str | Path) -> dict[int, dict]:
-    """The jobs' notes of a sweep by job number."""
-    path = Path(sweep_dir) / JOBS_FILE
-    notes = json.loads(path.read_text()) if path.is_file() else {}
-    return {int(job): found for job, found in notes.items()}
+    """The notes of the jobs of the sweep's current invocation, by job number (a
+    ``ConfigError`` naming the file if it cannot be read)."""
+    return _read(Path(sweep_dir))["notes"]
 
 
-def _write_note(sweep_dir: Path, job: int, fields: dict) -> None:
-    """Replace the note of ``job`` (the caller holds the lock)."""
-    notes = {**read_notes(sweep_dir), job: {"job": job, **fields}}
-    write_text(sweep_dir / JOBS_FILE, json.dumps({str(k): v for k, v in sorted(notes.items())},
-                                                 indent=1))
-
-
-def note(sweep_dir: str | Path, job: int, **fields) -> None:
-    """Replace the note of ``job`` with ``fields``."""
+def start_notes(sweep_dir: str | Path) -> None:
+    """Forget the notes of an earlier invocation of the sweep (its ``runs`` are kept)."""
     sweep_dir = Path(sweep_dir)
     with _lock(sweep_dir):
-        _write_note(sweep_dir, job, fields)
+        _write(sweep_dir, {**_read(sweep_dir), "notes": {}})
+
+
+def note(sweep_dir: str | Path, job: int, output_dir: str | Path, **fields) -> None:
+    """Replace the note of ``job``, whose run is in ``output_dir``, with ``fields``."""
+    sweep_dir = Path(sweep_dir)
+    with _lock(sweep_dir):
+        jobs = _read(sweep_dir)
+        jobs["notes"][job] = {"job": job, "output_dir": str(output_dir), **fields}
+        if "refused" in fields:  # its directory holds a run of other settings than it claimed
+            jobs["runs"].pop(job, None)
+        _write(sweep_dir, jobs)
 
 
 def claim(sweep_dir: str | Path, job: int, key: str, output_dir: str | Path) -> dict | None:
-    """The note of the job of this sweep that claimed the configuration ``key`` before ``job``
-    (``job`` is its copy: noted so), else None after claiming ``key`` for ``job``, whose run is
-    in ``output_dir``. Under the sweep's lock, for launchers that run jobs at once."""
+    """The note of the job whose run ``job`` repeats, with the settings digest ``key``: a job of
+    this invocation that claimed ``key`` first, or one whose directory holds a run claimed for
+    ``key`` while ``job``'s holds none (a sweep rerun after a parallel one, whose copies were
+    decided by which job came first). Then ``job`` is noted as its copy; else None, after
+    claiming ``key`` for ``job``. Under the sweep's lock, for launchers that run jobs at once."""
     sweep_dir = Path(sweep_dir)
     with _lock(sweep_dir):
-        first = next((found for found in read_notes(sweep_dir).values()
+        jobs = _read(sweep_dir)
+        first = next((found for found in jobs["notes"].values()
                       if found.get("claim") == key and found["job"] != job), None)
-        _write_note(sweep_dir, job, {"claim": key, "output_dir": str(output_dir)}
-                    if first is None else {"copy_of": first["job"]})
+        if first is None and not (Path(output_dir) / RESULTS_FILE).is_file():
+            held = [other for other, runs in jobs["runs"].items()
+                    if other != job and runs.get("claim") == key
+                    and (Path(runs["output_dir"]) / RESULTS_FILE).is_file()]
+            first = {"job": held[0], **jobs["runs"][held[0]]} if held else None
+        if first is None:
+            jobs["notes"][job] = jobs["runs"][job] = {"job": job, "claim": key,
+                                                      "output_dir": str(output_dir)}
+        else:
+            jobs["notes"][job] = {"job": job, "copy_of": first["job"],
+                                  "output_dir": str(output_dir)}
+        _write(sweep_dir, jobs)
     return first
 
 
@@ -92,30 +127,32 @@ class OutputDirectories(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         require_writable("hydra.sweep.dir", sweep)
-        (sweep / JOBS_FILE).unlink(missing_ok=True)  # this invocation's notes only
+        start_notes(sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        notes = read_notes(sweep)
+        try:
+            notes = read_notes(sweep)
+        except ConfigError as error:
+            print(f"error: {describe(error)}", file=sys.stderr)
+            sys.exit(1)
         failed, copies = [], []
-        jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-        for job in jobs:
-            found = notes.get(int(job.name), {})
+        for job, found in sorted(notes.items()):  # the jobs of this invocation only
             if "copy_of" in found:
-                copies.append(f"{job.name} (= job {found['copy_of']})")
+                copies.append(f"{job} (= job {found['copy_of']})")
                 continue
             try:
-                results = read_results(job / RESULTS_FILE)
+                results = read_results(Path(found["output_dir"]) / RESULTS_FILE)
             except ValueError as error:
                 results = {"status": "failed", "error": str(error)}
             if "refused" in found:
                 results = {"status": "refused", "error": found["refused"]}
             if results.get("status") != "completed":
-                failed.append(f"{job.name} ({results.get('status', 'no results.json')}"
+                failed.append(f"{job} ({results.get('status', 'no results.json')}"
                               f"{': ' + results['error'] if results.get('error') else ''})")
         if copies:
-            print(f"note: {len(copies)} job(s) of the sweep {sweep} repeat the configuration of "
-                  f"an earlier job and were not trained: {'; '.join(copies)}", file=sys.stderr)
+            print(f"note: {len(copies)} job(s) of the sweep {sweep} repeat the settings of "
+                  f"another job and were not trained: {'; '.join(copies)}", file=sys.stderr)
         if failed:
             print(f"error: {len(failed)} job(s) of the sweep {sweep} did not complete: "
                   f"{'; '.join(failed)}; run the same command again to resume them",

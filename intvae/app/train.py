@@ -74,7 +74,7 @@ from intvae.app.files import AtomicCheckpointIO, RunLock, write_text
 from intvae.app.launch import trainer_plugins
 from intvae.app.loggers import AppendingCSVLogger
 from intvae.app.module import VAEModule
-from intvae.app.record import describe_run, identity
+from intvae.app.record import describe_run
 from intvae.app.resume import (
     EVALUATION_STREAM,
     TEST_STREAM,
@@ -92,6 +92,7 @@ from intvae.app.runs import (
     read_results,
     write_results,
 )
+from intvae.app.settings import CONFIG_FILE, digest, settings
 from intvae.app.sweeps import claim, note, objective
 from intvae.checks import ParameterError
 from intvae.estimate import available_memory
@@ -219,8 +220,8 @@ class CopyJobError(RefusedRunError):
 
     def __init__(self, first: dict):
         self.first = first
-        super().__init__(f"a copy of job {first['job']} ({first['output_dir']}): its record "
-                         "and evaluation settings are the same")
+        super().__init__(f"a copy of job {first['job']} ({first['output_dir']}): its settings "
+                         "are the same (intvae.app.settings)")
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict:
@@ -237,16 +238,18 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     optimizer = instantiate(cfg.optimizer)
     record = describe_run(bound, vae, noise, datamodule, cfg.seed, choices(), optimizer,
                           cfg.trainer)
+    run_settings = settings(cfg)
     if in_multirun():  # every rank (Slurm-started DDP ranks too) finds the same claim
         first = claim(HydraConfig.get().sweep.dir, HydraConfig.get().job.num,
-                      identity(record, evaluate=OmegaConf.to_container(cfg.evaluate)), output_dir)
+                      digest(run_settings), output_dir)
         if first is not None:
             raise CopyJobError(first)
-    # Before anything is written: refuse a finished run in output_dir or one trained with other
+    # Before anything is written: refuse a finished run in output_dir or one with other
     # settings, find the checkpoint to resume from and check that it can be read
     # (intvae.app.resume).
     ckpt_path = start_checkpoint(output_dir, cfg.get("ckpt_path"), cfg.get("resume", "auto"),
-                                 cfg.get("overwrite", False), cfg.trainer.max_epochs, record)
+                                 cfg.get("overwrite", False), cfg.trainer.max_epochs,
+                                 run_settings)
     resumed = read_checkpoint(ckpt_path) if ckpt_path else {"global_step": 0, "epoch": -1}
     start_step = resumed["global_step"]
     previous = read_results(output_dir / RESULTS_FILE) if ckpt_path else {}
@@ -269,7 +272,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                "compiled_kernels": compiled, "resumed_from": ckpt_path,
                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if trainer.is_global_zero:
-        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         write_results(output_dir / RESULTS_FILE, results)
     start = time.perf_counter()
     try:
@@ -321,26 +324,30 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
 def sweep_job(cfg: DictConfig) -> float:
     """One job of a multirun, returning ``intvae.app.sweeps.objective`` (a number, so that
-    Optuna and other sweepers can go on): a finished run of the same record is skipped with a
+    Optuna and other sweepers can go on): a finished run of the same settings is skipped with a
     line and returns its recorded value, a copy of an earlier job returns that job's, and a run
     in the job's directory trained with other settings is refused in one line naming them and
     left untouched. An error is logged in one line (user errors) or with its traceback,
     recorded in the job's ``results.json`` and does not stop the sweep
     (``intvae.app.sweeps.OutputDirectories`` lists the failed and the refused jobs at the
     end)."""
-    job = HydraConfig.get().job.num
-    results = Path(cfg.paths.output_dir) / RESULTS_FILE
+    job, sweep_dir = HydraConfig.get().job.num, HydraConfig.get().sweep.dir
+    output_dir = Path(cfg.paths.output_dir)
+    results = output_dir / RESULTS_FILE
     try:
+        note(sweep_dir, job, output_dir)  # listed at the end, whatever happens next
         return objective(train(cfg))
-    except FinishedRunError as error:
-        log.info("job %s: skipped, %s", job, describe(error))
+    except FinishedRunError:
+        log.info("job %s: skipped, %s holds its finished run (same settings)", job, output_dir)
         return objective(read_results(results))
     except CopyJobError as error:
-        log.info("job %s: skipped, %s", job, describe(error))
-        return objective(read_results(Path(error.first["output_dir"]) / RESULTS_FILE))
+        log.info("job %s: not trained, %s", job, describe(error))
+        first = Path(error.first["output_dir"])
+        RunLock(first).wait()  # a parallel launcher: that job may still be training
+        return objective(read_results(first / RESULTS_FILE))
     except RefusedRunError as error:  # the run in the directory stays as it is
         log.error("job %s: error: %s", job, describe(error))
-        note(HydraConfig.get().sweep.dir, job, refused=describe(error))
+        note(sweep_dir, job, output_dir, refused=describe(error))
     except SystemExit:
         raise
     except Exception as error:
