@@ -10,15 +10,17 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 from conftest import TINY
 
-from intvae.app import files
-from intvae.app.errors import ConfigError
+from intvae.app import files, loggers
+from intvae.app.errors import ConfigError, Terminated, sigterm_raises
 from intvae.app.files import RunLock
+from intvae.app.loggers import AppendingCSVLogger
 from intvae.app.runs import read_checkpoint
 from intvae.app.train import train
 from intvae.checks import ParameterError
@@ -65,6 +67,92 @@ def test_sigterm_records_interrupted_exits_143_and_resumes(app_env, tmp_path, co
     resumed = train(compose_train(*LONGER, output_dir=run))  # the same command again
     assert resumed["status"] == "completed" and resumed["epochs"] == 6
     assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+
+
+def read_table(path) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of the CSV file ``path``; every row has the header's length."""
+    with open(path, newline="") as file:
+        header, *rows = csv.reader(file)
+    assert all(len(row) == len(header) for row in rows), (header, rows)
+    return header, rows
+
+
+def logged_a_new_column(folder) -> AppendingCSVLogger:
+    """A CSV logger into ``folder`` that saved a row, then logged one with a new column."""
+    logger = AppendingCSVLogger(folder, name="", version="")
+    logger.log_metrics({"train/bound": -1.5, "epoch": 0}, step=7)
+    logger.save()
+    logger.log_metrics({"val/bound": -2.5, "epoch": 0}, step=7)
+    return logger
+
+
+TABLE = (["epoch", "step", "train/bound", "val/bound"], [["0", "7", "-1.5", ""],
+                                                        ["0", "7", "", "-2.5"]])
+"""The table ``logged_a_new_column`` saves: the header and the rows."""
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_terminated_inside_the_csv_save_leaves_a_consistent_table(tmp_path, monkeypatch,
+                                                                   replaced):
+    """``Terminated`` raised inside the CSV logger's save of a row with a new column (the
+    SIGTERM test's failure under load: a row longer than the header), before or after the file
+    is replaced: the table on disk keeps every row under its header, and the next save (the
+    interrupted run's ``finalize``) writes each logged row once."""
+    logger = logged_a_new_column(tmp_path)
+    write = loggers.write_text
+
+    def terminated(path, text):
+        if replaced:
+            write(path, text)
+        raise Terminated("received signal 15 (SIGTERM)")
+
+    monkeypatch.setattr(loggers, "write_text", terminated)
+    with pytest.raises(Terminated):
+        logger.save()
+    monkeypatch.setattr(loggers, "write_text", write)
+    read_table(tmp_path / "metrics.csv")
+    logger.finalize("failed")
+    assert read_table(tmp_path / "metrics.csv") == TABLE
+
+
+def test_sigterm_inside_the_csv_save_with_another_thread_running(tmp_path, monkeypatch):
+    """A real SIGTERM inside the save, while another thread runs (training has torch's and
+    Lightning's): holding SIGTERM back on the main thread (``pthread_sigmask``) did not keep it
+    out of the save, since the kernel hands it to a thread that does not hold it back and the
+    main thread runs the handler at its next bytecode. The table stays consistent."""
+    logger = logged_a_new_column(tmp_path)
+    idle = threading.Event()
+    helper = threading.Thread(target=idle.wait, daemon=True)
+    helper.start()
+    write = loggers.write_text
+
+    def signalled(path, text):
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the handler raises in here, at a loop's end
+            time.sleep(0.001)
+        raise AssertionError("SIGTERM never raised")
+
+    monkeypatch.setattr(loggers, "write_text", signalled)
+    try:
+        with sigterm_raises(), pytest.raises(Terminated):
+            logger.save()
+    finally:
+        idle.set()
+    monkeypatch.setattr(loggers, "write_text", write)
+    logger.finalize("failed")
+    assert read_table(tmp_path / "metrics.csv") == TABLE
+
+
+def test_a_resume_refuses_a_row_longer_than_the_header_in_one_line(tmp_path):
+    """The table that an interrupted save of an older intvae could leave (its columns cannot be
+    told apart): refused, naming the file and the line, instead of a ``ValueError`` from ``csv``."""
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/bound\n0,7,-1.5\n0,7,,-2.5\n")
+    logger = AppendingCSVLogger(tmp_path, name="", version="")
+    logger.keep_rows_up_to(7, 0)
+    with pytest.raises(ConfigError, match=r"metrics.csv is invalid: line 3 has more fields "
+                                          r"than its header \(3\)"):
+        logger.log_metrics({"train/bound": -1.0}, step=8)  # opens the table
 
 
 class Kill(BaseException):

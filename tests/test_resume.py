@@ -45,12 +45,10 @@ def kill_after_first_checkpoint(app_env, tmp_path, run_dir) -> int:
     once ``checkpoints/last.ckpt`` exists and ``metrics.csv`` holds the training row logged
     after it; return the epoch of that checkpoint.
 
-    Not as soon as ``last.ckpt`` appears: about 1 ms later the first training row adds its
-    columns to ``metrics.csv``, which Lightning's CSV writer does by rewriting the file in place
-    (``_ExperimentWriter._rewrite_with_new_header``: truncate, then write), and a SIGKILL inside
-    that rewrite (about 0.25 ms) leaves the file empty, so the killed run's rows are lost (about
-    1 kill in 40 when polling every 10 ms). Later rows are appended with one write each; the
-    kill still lands anywhere in the rest of the epoch."""
+    Not as soon as ``last.ckpt`` appears: the training row logged after it must be in
+    ``metrics.csv`` (written whole and atomically at each save, ``intvae.app.loggers``), so that
+    the test sees a killed attempt's row after the checkpoint dropped on resume; the kill still
+    lands anywhere in the rest of the epoch."""
     last = run_dir / "checkpoints" / "last.ckpt"
     with open(tmp_path / "killed.log", "w") as log:
         child = subprocess.Popen([sys.executable, "-m", "intvae.train", *RUN,
