@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from intvae.app.config import CONF_DIR
+from intvae.app.sweeps import read_notes
 
 IELBO, ELBO = "intvae.bounds.IELBO", "intvae.bounds.ELBO"
 GAUSSIAN = "intvae.likelihoods.GaussianHead"
@@ -137,8 +138,8 @@ def trained(sweep):
     """{preset: the job directory that trained its configuration}: its own, or for a job that
     repeats an earlier job's configuration (``intvae.app.sweeps``: a copy, not trained) that
     job's."""
-    notes = json.loads((next(iter(sweep.values())).parent / "jobs.json").read_text())
-    return {preset: job.parent / str(notes[job.name].get("copy_of", job.name))
+    notes = read_notes(next(iter(sweep.values())).parent)
+    return {preset: job.parent / str(notes[int(job.name)].get("copy_of", job.name))
             for preset, job in sweep.items()}
 
 
