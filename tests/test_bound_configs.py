@@ -61,7 +61,8 @@ def test_one_config_per_registered_bound():
 def test_bound_config_instantiates_to_the_registered_class(name):
     bound, cfg = instantiate_bound(f"bound={name}")
     assert type(bound) is REGISTRY[name]
-    assert bound.samples == cfg.samples == 10
+    assert cfg.samples is None  # each bound's own K (tests/test_configs.py: OWN_SAMPLES)
+    assert bound.samples == (5 if bound.single_sample else 1)
     if name in INTERVAL_BOUNDS:
         assert isinstance(bound.interval, Fixed) and bound.interval.delta == cfg.delta == 0.01
     if name in ("irelbo", "vr"):

@@ -84,7 +84,7 @@ def test_corrupt_and_truncated_checkpoints_are_named_and_nothing_is_deleted(
     last.write_bytes(data[:100])
     with pytest.raises(ConfigError, match=r"resume=auto: checkpoint=.*last\.ckpt is invalid: "
                                           r"not a readable checkpoint.*pass ckpt_path="):
-        train(compose_train(*TINY, "evaluate.enabled=false"))
+        train(compose_train(*TINY, "trainer.max_epochs=2", "evaluate.enabled=false"))
     assert (checkpoints / "best.ckpt").is_file() and read_checkpoint(checkpoints / "best.ckpt")
 
 
@@ -143,14 +143,21 @@ def test_a_nan_mid_run_stops_the_run_with_stop(nan_at_step_2, monkeypatch, capsy
 def test_a_finished_run_is_never_overwritten_silently(finished_run, compose_train, monkeypatch,
                                                       capsys):
     before = snapshot(finished_run)
+    same = (*TINY, "trainer.max_epochs=2", "evaluate.enabled=false")  # finished_run's settings
     with pytest.raises(SystemExit):
-        run_main(monkeypatch, *TINY, f"hydra.run.dir={finished_run}")
+        run_main(monkeypatch, *same, f"hydra.run.dir={finished_run}")
     last = finished_run / "checkpoints" / "last.ckpt"
     assert error_line(capsys) == (
         f"hydra.run.dir={finished_run} is invalid: it holds a finished run (results.json: status "
         "completed); choose another hydra.run.dir (hydra.sweep.dir with -m), pass "
         f"ckpt_path={last} to continue it (e.g. with a larger trainer.max_epochs), or "
         "overwrite=true to move it aside and start again")
+    with pytest.raises(SystemExit):  # other settings: named, and refused all the same
+        run_main(monkeypatch, *TINY, f"hydra.run.dir={finished_run}")
+    assert error_line(capsys).startswith(
+        f"hydra.run.dir={finished_run} is invalid: the finished run it holds has other settings "
+        "than this command's: evaluate.enabled (false -> true), trainer.max_epochs (2 -> 1); "
+        "overwrite=true moves it aside")
     assert snapshot(finished_run) == before
     first_id = run_id(finished_run)
     results = train(compose_train(*TINY, "overwrite=true", "evaluate.enabled=false"))
