@@ -72,7 +72,7 @@ class RefusedRunError(ConfigError):
 
 
 class FinishedRunError(RefusedRunError):
-    """The output directory holds a finished run of the same record: a single run refuses it, a
+    """The output directory holds a finished run of the same settings: a single run refuses it, a
     multirun job skips it."""
 
 

@@ -4,10 +4,11 @@ that end (``JOBS_FILE``).
 
 **Copies.** A sweep can name one configuration twice: ``-m bound=ielbo,irelbo alpha=0.5,2``
 gives two IELBO jobs that differ only in an alpha the IELBO does not have. Each job claims its
-configuration (``claim``: the digest of its record and evaluation settings,
-``intvae.app.record.identity``) under the sweep's lock; a job whose configuration an earlier
-job of the sweep claimed is its copy and is not trained. The claims are made afresh by every
-invocation of the sweep, so a rerun finds the same copies.
+settings (``claim``: their digest, ``intvae.app.settings``) under the sweep's lock; a job whose
+settings another job of the sweep claimed first is its copy: it is not trained, and returns
+that job's result once that job has ended. The claims are made afresh by every invocation of
+the sweep (a rerun finds the same copies, and a job whose directory holds no run is the copy of
+the one whose directory holds it).
 """
 
 import json
