@@ -81,11 +81,13 @@ def test_the_composed_iwae_shows_its_own_samples(tmp_path):
 
     import yaml
 
-    done = subprocess.run([sys.executable, "-m", "intvae.train", "bound=iwae", "--cfg", "job",
-                           "--resolve"], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=300, check=True)
-    cfg = yaml.safe_load(done.stdout)
-    assert cfg["bound"]["_target_"] == "intvae.bounds.IWAE" and cfg["bound"]["samples"] == 5
+    command = [sys.executable, "-m", "intvae.train", "bound=iwae", "--cfg", "job"]
+    shown = [yaml.safe_load(subprocess.run(command + resolve, capture_output=True, text=True,
+                                           cwd=tmp_path, timeout=300, check=True).stdout)
+             for resolve in ([], ["--resolve"])]
+    assert shown[0]["bound"]["samples"] == "${intvae.samples:5}"  # its own K, unless samples=N
+    assert shown[1]["bound"]["_target_"] == "intvae.bounds.IWAE"
+    assert shown[1]["bound"]["samples"] == 5 and shown[1]["samples"] is None
 
 
 @pytest.mark.parametrize("group, option", CASES)
