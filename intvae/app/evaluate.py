@@ -23,9 +23,9 @@ split is the run's test result, the top-level ``test_log_likelihood``, ``k``, ``
 ... that the README, the report and the W&B ``test/`` keys show; the test result it replaces
 moves to ``evaluations[<key>]``. Any other evaluation (``split=val``, or ``limit_batches=N``
 leaving images out) is kept apart under ``evaluations[<key>]``, the key naming split, K,
-images and intervals (``"val k=100 images=10000 Fixed(delta=0.01)"``), and never changes the
-top level. The app logs (to stdout) where the result went, then prints the run's updated
-results as YAML.
+images, intervals and checkpoint (``"val k=100 images=10000 Fixed(delta=0.01) best.ckpt"``),
+and never changes the top level. The app logs (to stdout) where the result went, then prints
+the run's updated results as YAML.
 
 K defaults to 5000 on a GPU, the papers' value, and to 100 on the CPU, where 5000 samples of
 the 10,000 MNIST test images would take hours. Checkpoints are read with ``weights_only=True``
