@@ -151,11 +151,10 @@ def start_checkpoint(output_dir: str | os.PathLike[str], ckpt_path: str | None =
     is never skipped as finished nor continued (``RefusedRunError`` naming the keys), except
     that a resumed or continued run may train longer and evaluate otherwise. Raises
     ``FinishedRunError`` for a finished run of the same settings in ``output_dir`` (unless
-    ``overwrite``),
-    ``ConfigError`` for an unreadable checkpoint, a bad ``resume`` or ``overwrite``, or
-    ``ckpt_path`` into a finished run with no epoch left to train (``continue_finished``). Only
-    the main process (rank 0) moves files; the other ranks of a DDP run see the directory as
-    rank 0 left it and decide alike."""
+    ``overwrite``), ``ConfigError`` for an unreadable checkpoint, a bad ``resume`` or
+    ``overwrite``, or ``ckpt_path`` into a finished run with no epoch left to train
+    (``continue_finished``). Only the main process (rank 0) moves files; the other ranks of a
+    DDP run see the directory as rank 0 left it and decide alike."""
     if resume not in RESUME_CHOICES:
         raise ConfigError(f"resume={resume!r} is invalid: resume must be auto or never")
     if not isinstance(overwrite, bool):
